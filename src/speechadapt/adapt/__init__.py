@@ -1,0 +1,1 @@
+"""Adaptation: zeroth-order optimisers, test-time adaptation, weight-space merging."""

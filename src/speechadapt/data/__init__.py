@@ -1,0 +1,1 @@
+"""Data: lhotse manifests, fbank, datamodule, augmentation, synthetic speech."""

@@ -1,0 +1,1 @@
+"""Decoding and scoring: CTC greedy, LLM generate, WER and error statistics."""

@@ -1,0 +1,1 @@
+"""Models: Zipformer encoder, CTC, LLM-ASR (+MoSE), Hugging Face adapters."""

@@ -1,0 +1,1 @@
+"""Training: one loop, checkpoints, schedulers, distributed set-up, metrics."""

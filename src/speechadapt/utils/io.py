@@ -1,0 +1,41 @@
+"""Crash-safe writes: a temp file in the same directory, fsync, then os.replace.
+
+A crash mid-write leaves the previous file untouched (rename is atomic on POSIX).
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+
+def _atomic(path: PathLike, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` that never leaves a half-written file at ``path``."""
+    return _atomic(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: PathLike) -> Path:
+    return _atomic(path, lambda f: f.write(text.encode("utf-8")))
