@@ -1,0 +1,173 @@
+"""Generate a recipe's RESULTS.md and PNG plots from its results.jsonl (never edit by hand).
+
+    python -m speechadapt.bin.report --exp-dir egs/synth/exp --out egs/synth/RESULTS.md
+
+Tables: one per stage family (a record's ``extra["family"]``, else the part of its
+method before the first "/"), rows = (method, model), columns = test sets, the latest
+record of each cell; then the stage wall times from ``stage_times.tsv``. Plots: WER per
+family and the training curves found in TensorBoard logs under the exp dir.
+"""
+
+import argparse
+import csv
+import logging
+from collections import OrderedDict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from speechadapt.decoding.scoring import read_results
+from speechadapt.utils.io import atomic_write_text
+
+
+def family_of(record: dict) -> str:
+    extra = record.get("extra") or {}
+    return str(extra.get("family") or record["method"].split("/")[0])
+
+
+def latest_cells(records: List[dict]) -> Dict[str, "OrderedDict[Tuple[str, str], Dict[str, dict]]"]:
+    """family -> (method, model) -> test_set -> latest record, in first-seen order."""
+    tables: Dict[str, OrderedDict] = OrderedDict()
+    for rec in sorted(records, key=lambda r: r.get("timestamp", 0)):
+        rows = tables.setdefault(family_of(rec), OrderedDict())
+        rows.setdefault((rec["method"], rec.get("model", "")), {})[rec["test_set"]] = rec
+    return tables
+
+
+def markdown_table(rows: "OrderedDict[Tuple[str, str], Dict[str, dict]]") -> str:
+    sets: List[str] = []
+    for cells in rows.values():
+        sets += [s for s in cells if s not in sets]
+    out = ["| method | model | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
+    for (method, model), cells in rows.items():
+        vals = [f"{cells[s]['wer']:.2f}" if s in cells else "" for s in sets]
+        out.append(f"| {method} | {model} | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+def read_stage_times(path: Path) -> List[List[str]]:
+    """Latest wall time of each (profile, stage), in stage order."""
+    if not path.exists():
+        return []
+    latest: Dict[Tuple[str, str], List[str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for row in csv.reader(f, delimiter="\t"):
+            if len(row) >= 5:
+                latest[(row[4], row[1])] = row
+    return sorted(latest.values(), key=lambda r: (r[4], int(r[1]) if r[1].isdigit() else 0))
+
+
+def plot_family_wers(tables, plot_dir: Path) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for family, rows in tables.items():
+        sets = sorted({s for cells in rows.values() for s in cells})
+        labels = [m if not mdl else f"{m}\n{Path(mdl).name}" for m, mdl in rows]
+        fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(rows) * max(1, len(sets)) / 2), 3.2))
+        width = 0.8 / max(1, len(sets))
+        for i, s in enumerate(sets):
+            ys = [cells.get(s, {}).get("wer", float("nan")) for cells in rows.values()]
+            ax.bar([x + i * width for x in range(len(rows))], ys, width, label=s)
+        ax.set_xticks([x + width * (len(sets) - 1) / 2 for x in range(len(rows))], labels, fontsize=7)
+        ax.set_ylabel("WER (%)")
+        ax.set_title(family)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = plot_dir / f"wer-{family}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_training_curves(exp_dir: Path, plot_dir: Path) -> List[Path]:
+    """One PNG per TensorBoard run found under exp_dir: every scalar tag, against step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    run_dirs = sorted({p.parent for p in exp_dir.rglob("events.out.tfevents.*")})
+    for run in run_dirs:
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        tags = [t for t in acc.Tags().get("scalars", []) if "loss" in t]
+        if not tags:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for tag in tags:
+            ev = acc.Scalars(tag)
+            ax.plot([e.step for e in ev], [e.value for e in ev], label=tag, marker="." if len(ev) < 30 else None)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        name = "-".join(run.relative_to(exp_dir).parts).replace("tensorboard", "").strip("-") or "train"
+        ax.set_title(f"training curve: {name}")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = plot_dir / f"curve-{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir: Path, title: str) -> str:
+    records = read_results(results)
+    tables = latest_cells(records)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plots = plot_family_wers(tables, plot_dir) if tables else []
+    plots += plot_training_curves(exp_dir, plot_dir) if exp_dir.exists() else []
+    lines = [
+        f"# {title}",
+        "",
+        f"Generated by `python -m speechadapt.bin.report` from `{results.name}` "
+        f"({len(records)} records) on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Do not edit by hand.",
+        "",
+        "WER in percent. `*_unseen` test sets keep only sentences that never occur in the training text.",
+        "",
+    ]
+    for family, rows in tables.items():
+        lines += [f"## {family}", "", markdown_table(rows), ""]
+    times = read_stage_times(stage_times)
+    if times:
+        lines += ["## Stage wall times", "", "| profile | stage | what | seconds |", "|---|---|---|---|"]
+        lines += [f"| {r[4]} | {r[1]} | {r[2]} | {r[3]} |" for r in times]
+        lines.append("")
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{p.stem}]({p.relative_to(out.parent).as_posix() if p.is_relative_to(out.parent) else p})" for p in plots]
+        lines.append("")
+    text = "\n".join(lines)
+    atomic_write_text(text, out)
+    return text
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp-dir", type=Path, required=True)
+    p.add_argument("--results", type=Path, default=None, help="default: EXP_DIR/results.jsonl")
+    p.add_argument("--stage-times", type=Path, default=None, help="default: EXP_DIR/stage_times.tsv")
+    p.add_argument("--out", type=Path, required=True, help="RESULTS.md to write")
+    p.add_argument("--plot-dir", type=Path, default=None, help="default: OUT's folder/plots")
+    p.add_argument("--title", default="Results")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    results = args.results or args.exp_dir / "results.jsonl"
+    if not results.exists():
+        raise SystemExit(f"report: no results file {results}; run the decoding stages first")
+    render(
+        args.exp_dir, results, args.stage_times or args.exp_dir / "stage_times.tsv", args.out,
+        args.plot_dir or args.out.parent / "plots", args.title,
+    )
+    logging.info(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
