@@ -1,0 +1,126 @@
+"""Average checkpoints for decoding (icefall's conventions).
+
+  --epoch E --avg A                       plain mean of epoch-(E-A+1..E).pt
+  --epoch E --avg A --use-averaged-model  (avg_E * b_E - avg_S * b_S) / (b_E - b_S), S = E-A
+  --iter B --avg A [--use-averaged-model] the same over checkpoint-*.pt files up to B
+  --best-valid K                          plain mean of the K epochs with the lowest
+                                          validation loss (params["valid_loss"])
+
+Writes ``{"model": averaged}`` to exp_dir/epoch-E-avg-A.pt, iter-B-avg-A.pt or
+best-valid-K.pt (or --output). Reads our files and icefall's own.
+
+  python -m speechadapt.bin.average_checkpoints --exp-dir exp --epoch 30 --avg 9 \\
+      --use-averaged-model true
+"""
+
+import argparse
+import logging
+from pathlib import Path
+from typing import List, Tuple
+
+from speechadapt.training.checkpoint import (average_checkpoints,
+                                             average_checkpoints_with_averaged_model,
+                                             find_checkpoints)
+from speechadapt.utils.args import str2bool
+from speechadapt.utils.io import atomic_save
+from speechadapt.utils.safe_load import safe_torch_load
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exp-dir", type=Path, required=True)
+    parser.add_argument("--epoch", type=int, default=0, help="last epoch to average")
+    parser.add_argument("--iter", type=int, default=0, help="use checkpoint-B.pt files up to B instead")
+    parser.add_argument("--avg", type=int, default=1, help="number of checkpoints averaged")
+    parser.add_argument("--use-averaged-model", type=str2bool, default=False)
+    parser.add_argument("--best-valid", type=int, default=0, help="mean of the K best epochs by valid loss")
+    parser.add_argument("--output", type=Path, default=None, help="default: a name in --exp-dir")
+    return parser
+
+
+def _require(paths: List[Path]) -> List[Path]:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing checkpoint(s): {', '.join(missing)}")
+    return paths
+
+
+def _epoch_files(exp_dir: Path) -> List[Tuple[int, Path]]:
+    found = []
+    for path in exp_dir.glob("epoch-*.pt"):
+        stem = path.stem[len("epoch-"):]
+        if stem.isdigit():
+            found.append((int(stem), path))
+    return sorted(found)
+
+
+def best_valid_files(exp_dir: Path, k: int) -> List[Path]:
+    """The k epoch files with the lowest params["valid_loss"]."""
+    scored = []
+    for epoch, path in _epoch_files(exp_dir):
+        params = safe_torch_load(path).get("params") or {}
+        if "valid_loss" not in params:
+            raise KeyError(f"{path}: params has no valid_loss (trained without a validation set?)")
+        scored.append((float(params["valid_loss"]), epoch, path))
+    if len(scored) < k:
+        raise ValueError(f"--best-valid {k}: only {len(scored)} epoch files in {exp_dir}")
+    best = sorted(scored)[:k]
+    logging.info("best epochs: " + ", ".join(f"{e} (valid {v:.4f})" for v, e, _ in best))
+    return [p for _, _, p in best]
+
+
+def average_by_epoch(exp_dir: Path, epoch: int, avg: int, use_averaged_model: bool):
+    if use_averaged_model:
+        start = epoch - avg
+        if start < 1:
+            raise ValueError(f"--use-averaged-model needs epoch - avg >= 1, got {epoch} - {avg}")
+        first, last = _require([exp_dir / f"epoch-{start}.pt", exp_dir / f"epoch-{epoch}.pt"])
+        return average_checkpoints_with_averaged_model(first, last), [first, last]
+    if epoch - avg + 1 < 1:
+        raise ValueError(f"--epoch {epoch} --avg {avg}: needs epochs {epoch - avg + 1}..{epoch}")
+    files = _require([exp_dir / f"epoch-{e}.pt" for e in range(epoch - avg + 1, epoch + 1)])
+    return average_checkpoints(files), files
+
+
+def average_by_iter(exp_dir: Path, iteration: int, avg: int, use_averaged_model: bool):
+    files = find_checkpoints(exp_dir, iteration)
+    needed = avg + 1 if use_averaged_model else avg
+    if len(files) < needed:
+        raise ValueError(f"--iter {iteration} --avg {avg}: needs {needed} checkpoint-*.pt files "
+                         f"up to {iteration} in {exp_dir}, found {len(files)}")
+    if use_averaged_model:
+        first, last = files[avg], files[0]
+        return average_checkpoints_with_averaged_model(first, last), [first, last]
+    return average_checkpoints(files[:avg]), files[:avg]
+
+
+def main(argv=None) -> Path:
+    args = get_parser().parse_args(argv)
+    exp_dir = args.exp_dir
+    if not exp_dir.is_dir():
+        raise FileNotFoundError(f"--exp-dir {exp_dir} does not exist")
+    if args.avg < 1:
+        raise ValueError(f"--avg must be >= 1, got {args.avg}")
+    if args.best_valid > 0:
+        if args.use_averaged_model:
+            raise ValueError("--best-valid takes a plain mean: do not combine with --use-averaged-model")
+        files = best_valid_files(exp_dir, args.best_valid)
+        state, name = average_checkpoints(files), f"best-valid-{args.best_valid}.pt"
+    elif args.iter > 0:
+        state, files = average_by_iter(exp_dir, args.iter, args.avg, args.use_averaged_model)
+        name = f"iter-{args.iter}-avg-{args.avg}.pt"
+    elif args.epoch > 0:
+        state, files = average_by_epoch(exp_dir, args.epoch, args.avg, args.use_averaged_model)
+        name = f"epoch-{args.epoch}-avg-{args.avg}.pt"
+    else:
+        raise ValueError("give --epoch, --iter or --best-valid")
+    output = args.output or exp_dir / name
+    atomic_save({"model": state, "averaged_from": [str(f) for f in files],
+                 "use_averaged_model": bool(args.use_averaged_model)}, output)
+    logging.info(f"averaged {len(files)} files -> {output}")
+    return output
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    main()

@@ -1,0 +1,85 @@
+"""ScaledAdam and the learning-rate schedules."""
+
+import math
+
+import pytest
+import torch
+
+from speechadapt.training.optim import ConstantLR, Eden, ScaledAdam, TriStage, build_optimizer
+
+torch.set_num_threads(1)
+
+
+def eden_formula(base, batch, epoch, lr_batches, lr_epochs):
+    return base * ((batch ** 2 + lr_batches ** 2) / lr_batches ** 2) ** -0.25 * \
+        ((epoch ** 2 + lr_epochs ** 2) / lr_epochs ** 2) ** -0.25
+
+
+def test_eden_values_and_warmup():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.04)
+    sched = Eden(opt, lr_batches=100, lr_epochs=2, warmup_batches=10, warmup_start=0.5)
+    assert sched.get_last_lr()[0] == pytest.approx(0.04 * 0.5)
+    sched.step_batch(5)
+    assert sched.get_last_lr()[0] == pytest.approx(eden_formula(0.04, 5, 0, 100, 2) * 0.75)
+    sched.step_epoch(3)
+    sched.step_batch(250)
+    assert sched.get_last_lr()[0] == pytest.approx(eden_formula(0.04, 250, 3, 100, 2))
+    state = sched.state_dict()
+    fresh = Eden(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.04), 100, 2, 10)
+    fresh.load_state_dict(state)
+    assert fresh.get_last_lr() == sched.get_last_lr()
+
+
+def test_tri_stage_phases():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = TriStage(opt, total_steps=100)
+    lrs = []
+    for step in range(0, 101):
+        sched.step_batch(step)
+        lrs.append(sched.get_last_lr()[0])
+    assert lrs[0] == pytest.approx(0.01)
+    assert lrs[5] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lrs[10] == lrs[30] == lrs[49] == 1.0
+    assert lrs[75] == pytest.approx(math.sqrt(0.05))  # half-way through the exponential decay
+    assert lrs[100] == pytest.approx(0.05)
+    assert all(a >= b for a, b in zip(lrs[50:], lrs[51:]))
+    with pytest.raises(ValueError):
+        TriStage(opt, total_steps=0)
+
+
+def test_scaled_adam_updates_are_relative_to_parameter_size():
+    torch.manual_seed(0)
+    small = torch.nn.Parameter(torch.randn(50, 20) * 0.01)
+    large = torch.nn.Parameter(small.detach() * 100)
+    opt = ScaledAdam([small, large], lr=0.05, clipping_scale=None)
+    before = [small.detach().clone(), large.detach().clone()]
+    g = torch.randn(50, 20)
+    small.grad, large.grad = g.clone(), g.clone() / 100  # same loss in rescaled coordinates
+    opt.step()
+    rel_small = float((small.detach() - before[0]).norm() / before[0].norm())
+    rel_large = float((large.detach() - before[1]).norm() / before[1].norm())
+    assert rel_small > 0
+    assert rel_small == pytest.approx(rel_large, rel=1e-3)
+
+
+def test_scaled_adam_fits_a_regression_and_saves_state():
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    true_w = torch.randn(8, 3)
+    y = x @ true_w + 0.5
+    model = torch.nn.Linear(8, 3)
+    opt = build_optimizer(model.parameters(), "scaled_adam", lr=0.05)
+    sched = ConstantLR(opt)
+    first = None
+    for step in range(300):
+        loss = ((model(x) - y) ** 2).mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step_batch(step + 1)
+    assert loss.item() < 0.05 * first
+    state = opt.state_dict()
+    assert "grad_norm_history" in state["state"][0] and "param_rms" in state["state"][0]
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        build_optimizer([torch.nn.Parameter(torch.zeros(1), requires_grad=False)], "adamw", 0.1)
