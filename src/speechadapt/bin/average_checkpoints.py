@@ -16,7 +16,7 @@ best-valid-K.pt (or --output). Reads our files and icefall's own.
 import argparse
 import logging
 from pathlib import Path
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 from speechadapt.training.checkpoint import (average_checkpoints,
                                              average_checkpoints_with_averaged_model,
@@ -26,14 +26,19 @@ from speechadapt.utils.io import atomic_save
 from speechadapt.utils.safe_load import safe_torch_load
 
 
-def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exp-dir", type=Path, required=True)
+def add_model_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    """--epoch/--iter/--avg/--use-averaged-model/--best-valid (and --checkpoint for decoders)."""
     parser.add_argument("--epoch", type=int, default=0, help="last epoch to average")
     parser.add_argument("--iter", type=int, default=0, help="use checkpoint-B.pt files up to B instead")
     parser.add_argument("--avg", type=int, default=1, help="number of checkpoints averaged")
     parser.add_argument("--use-averaged-model", type=str2bool, default=False)
     parser.add_argument("--best-valid", type=int, default=0, help="mean of the K best epochs by valid loss")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exp-dir", type=Path, required=True)
+    add_model_selection_arguments(parser)
     parser.add_argument("--output", type=Path, default=None, help="default: a name in --exp-dir")
     return parser
 
@@ -94,9 +99,20 @@ def average_by_iter(exp_dir: Path, iteration: int, avg: int, use_averaged_model:
     return average_checkpoints(files[:avg]), files[:avg]
 
 
-def main(argv=None) -> Path:
-    args = get_parser().parse_args(argv)
-    exp_dir = args.exp_dir
+def select_weights(args: argparse.Namespace) -> Tuple[Dict, str, List[Path]]:
+    """(state_dict, name, source files) for the model chosen by the selection flags.
+
+    ``args.checkpoint`` (when the parser has it and it is set) wins: a file with a
+    "model" entry, e.g. one this tool wrote. The name is what the files of a decoding
+    run are called after (``epoch-E-avg-A``, ``iter-B-avg-A``, ``best-valid-K``).
+    """
+    exp_dir = Path(args.exp_dir)
+    checkpoint = getattr(args, "checkpoint", None)
+    if checkpoint:
+        data = safe_torch_load(checkpoint)
+        if "model" not in data:
+            raise KeyError(f"{checkpoint}: no 'model' entry (keys: {sorted(data)[:8]})")
+        return data["model"], Path(checkpoint).stem, [Path(checkpoint)]
     if not exp_dir.is_dir():
         raise FileNotFoundError(f"--exp-dir {exp_dir} does not exist")
     if args.avg < 1:
@@ -105,16 +121,20 @@ def main(argv=None) -> Path:
         if args.use_averaged_model:
             raise ValueError("--best-valid takes a plain mean: do not combine with --use-averaged-model")
         files = best_valid_files(exp_dir, args.best_valid)
-        state, name = average_checkpoints(files), f"best-valid-{args.best_valid}.pt"
-    elif args.iter > 0:
+        return average_checkpoints(files), f"best-valid-{args.best_valid}", files
+    if args.iter > 0:
         state, files = average_by_iter(exp_dir, args.iter, args.avg, args.use_averaged_model)
-        name = f"iter-{args.iter}-avg-{args.avg}.pt"
-    elif args.epoch > 0:
+        return state, f"iter-{args.iter}-avg-{args.avg}", files
+    if args.epoch > 0:
         state, files = average_by_epoch(exp_dir, args.epoch, args.avg, args.use_averaged_model)
-        name = f"epoch-{args.epoch}-avg-{args.avg}.pt"
-    else:
-        raise ValueError("give --epoch, --iter or --best-valid")
-    output = args.output or exp_dir / name
+        return state, f"epoch-{args.epoch}-avg-{args.avg}", files
+    raise ValueError("give --epoch, --iter or --best-valid" + (" (or --checkpoint)" if hasattr(args, "checkpoint") else ""))
+
+
+def main(argv=None) -> Path:
+    args = get_parser().parse_args(argv)
+    state, name, files = select_weights(args)
+    output = args.output or args.exp_dir / f"{name}.pt"
     atomic_save({"model": state, "averaged_from": [str(f) for f in files],
                  "use_averaged_model": bool(args.use_averaged_model)}, output)
     logging.info(f"averaged {len(files)} files -> {output}")

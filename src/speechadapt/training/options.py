@@ -81,7 +81,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                    help="resume from exp-dir/epoch-(N-1).pt when > 1")
     g.add_argument("--start-batch", type=int, default=d.start_batch,
                    help="resume from exp-dir/checkpoint-B.pt when > 0 (overrides --start-epoch)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    if "--seed" not in parser._option_string_actions:  # a datamodule may own it
+        g.add_argument("--seed", type=int, default=d.seed)
     g.add_argument("--world-size", type=int, default=d.world_size, help="processes to spawn (mp.spawn)")
     g.add_argument("--optimizer", choices=["adamw", "scaled_adam"], default=d.optimizer)
     g.add_argument("--base-lr", type=float, default=d.base_lr)
@@ -113,8 +114,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     g.add_argument("--tensorboard", type=str2bool, default=d.tensorboard)
     g.add_argument("--save-trainable-only", type=str2bool, default=d.save_trainable_only,
                    help="checkpoints hold trainable parameters and buffers only (adapters)")
-    g.add_argument("--max-duration", type=float, default=d.max_duration,
-                   help="seconds of audio per batch (for the stage's sampler)")
+    if "--max-duration" not in parser._option_string_actions:  # the datamodule's flag wins
+        g.add_argument("--max-duration", type=float, default=d.max_duration,
+                       help="seconds of audio per batch (for the stage's sampler)")
     return parser
 
 

@@ -1,0 +1,119 @@
+"""Decode a dataloader and write the result files every decoding stage shares.
+
+icefall's ``recogs-SET-KEY.txt``, ``errs-SET-KEY.txt`` and ``wer-summary-SET-KEY.txt``
+under ``exp_dir/decode/``, plus one ``results.jsonl`` record per (sub)set. Subsets
+(e.g. ``SET_unseen``: sentences absent from the training text) come from cut fields.
+"""
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from speechadapt.data.batch import batch_inputs
+from speechadapt.decoding.scoring import Result, ResultRecord, append_result, count_errors, store_transcripts, write_error_stats
+from speechadapt.decoding.text_norm import normalize_words
+from speechadapt.utils.io import atomic_write_text
+
+FRAME_SHIFT_S = 0.01
+DecodeFn = Callable[[torch.Tensor, torch.Tensor], List[str]]
+
+
+def is_padding_duplicate(cut_id: str) -> bool:
+    """Copies a DDP sampler adds to even out the last round (ids end in ``_dup<N>``)."""
+    from speechadapt.data.datamodule import is_padding_duplicate as check
+
+    return check(cut_id)
+
+
+@torch.no_grad()
+def decode_dataloader(decode_fn: DecodeFn, dataloader, device) -> Tuple[List[Result], float]:
+    """[(cut id, ref words, hyp words)] sorted by id, and the seconds of audio decoded.
+
+    ``decode_fn(features, lengths)`` returns one hypothesis text per utterance.
+    Padding duplicates are dropped, so every cut is scored once.
+    """
+    from tqdm import tqdm
+
+    results, audio_s = [], 0.0
+    for batch in tqdm(dataloader, desc="decoding", disable=not sys.stderr.isatty()):
+        x, lens, texts, ids = batch_inputs(batch, device)
+        hyps = decode_fn(x, lens)
+        for cut_id, ref, hyp, n in zip(ids, texts, hyps, lens.tolist()):
+            if is_padding_duplicate(cut_id):
+                continue
+            results.append((cut_id, normalize_words(ref), normalize_words(hyp)))
+            audio_s += n * FRAME_SHIFT_S
+    return sorted(results), audio_s
+
+
+def unseen_subset(cuts) -> Dict[str, Callable[[str], bool]]:
+    """{"unseen": predicate} when the cuts say which sentences occur in the training text."""
+    unseen, known = set(), False
+    for cut in cuts:
+        custom = cut.custom or {}
+        if "seen_in_train" in custom:
+            known = True
+            if not custom["seen_in_train"]:
+                unseen.add(cut.id)
+    return {"unseen": unseen.__contains__} if known else {}
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def write_decode_results(
+    results: Sequence[Result],
+    exp_dir,
+    test_set: str,
+    key: str,
+    method: str,
+    results_jsonl=None,
+    wall_time_s: Optional[float] = None,
+    audio_s: Optional[float] = None,
+    extra: Optional[dict] = None,
+    subsets: Optional[Dict[str, Callable[[str], bool]]] = None,
+) -> Dict[str, float]:
+    """Write the files of ``test_set`` (and of ``test_set_NAME`` per subset); set -> WER."""
+    out_dir = Path(exp_dir) / "decode"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = Path(results_jsonl) if results_jsonl else Path(exp_dir) / "results.jsonl"
+    sets = {test_set: list(results)}
+    for name, keep in (subsets or {}).items():
+        sets[f"{test_set}_{name}"] = [r for r in results if keep(r[0])]
+    info = dict(extra or {})
+    if wall_time_s is not None and audio_s:
+        info["rtf"] = round(wall_time_s / audio_s, 4)
+    wers = {}
+    for name, res in sets.items():
+        if not res:
+            logging.warning(f"{name}: no utterances to score")
+            continue
+        store_transcripts(out_dir / f"recogs-{name}-{key}.txt", res)
+        with open(out_dir / f"errs-{name}-{key}.txt", "w", encoding="utf-8") as f:
+            wers[name] = write_error_stats(f, f"{name}-{key}", res)
+        atomic_write_text(f"settings\tWER\n{key}\t{wers[name]:.2f}\n", out_dir / f"wer-summary-{name}-{key}.txt")
+        counts = count_errors(res)
+        append_result(jsonl, ResultRecord.from_counts(
+            method, name, counts, model=f"{Path(exp_dir).name}/{key}",
+            wall_time_s=None if wall_time_s is None else round(wall_time_s, 3),
+            peak_memory_mb=round(peak_memory_mb(), 1), extra=dict(info, num_utterances=len(res))))
+        logging.info(f"{name} {key}: WER {wers[name]:.2f}% ({counts.errors}/{counts.ref_words})")
+    return wers
+
+
+class Stopwatch:
+    def __enter__(self):
+        self.start = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.time() - self.start
