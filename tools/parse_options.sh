@@ -13,9 +13,9 @@ while [ $# -gt 0 ]; do
     --help|-h)
       [ -n "${usage:-}" ] && echo "$usage"
       echo "Options (current values):"
-      for _po_v in $(compgen -v); do :; done
-      grep -oE '^[a-z_][a-z0-9_]*=' "$0" 2>/dev/null | tr -d '=' | sort -u | while read -r _po_v; do
-        echo "  --${_po_v//_/-} ${!_po_v}"
+      # the options are the variables assigned before this file is sourced
+      sed '/parse_options.sh/q' "$0" 2>/dev/null | grep -oE '^[a-z_][a-z0-9_]*=' | tr -d '=' | grep -vxE 'usage|recipe_name' | while read -r _po_v; do
+        echo "  --${_po_v//_/-} ${!_po_v:-}"
       done
       exit 0 ;;
     --*=*)

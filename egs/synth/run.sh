@@ -2,18 +2,123 @@
 # synth recipe: the whole story on a CPU with no download.
 # Stage ranges (DESIGN.md): 10-19 Zipformer-CTC, 20-29 LLM-ASR/MoSE, 30-39 fine-tuning
 # (first-order and zeroth-order), 40-49 TTA, 50-59 stable fine-tuning/metric LR/merging,
-# 90-99 report. Data preparation (0-9) lives in prepare.sh.
+# 90-99 report. Data preparation (0-9) lives in prepare.sh. Every stage is one call of a
+# speechadapt.bin entry point; the profile only changes sizes (conf/recipe_<profile>.sh).
 set -euo pipefail
 cd "$(dirname "$0")"
 recipe_name=synth
 stage=10
 stop_stage=100
 profile=full        # fast (CI, minutes) or full
-usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full]"
+world_size=1
+usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--world-size N]"
 . ../../tools/parse_options.sh
 . ../../tools/setup.sh >/dev/null
 . ../../tools/recipe_lib.sh
-stage_times=exp/stage_times.tsv
+case "$profile" in fast|full) ;; *) echo "$0: unknown profile '$profile'" >&2; exit 1 ;; esac
+. conf/recipe_$profile.sh   # data_dir, exp_root and the per-profile sizes below
 
-# Stages are added by the issues that own each range.
+stage_times=$exp_root/stage_times.tsv
+fbank=$data_dir/fbank
+lang=$data_dir/lang_bpe_$vocab_size
+results=$exp_root/results.jsonl
+data_flags="--manifest-dir $fbank --num-workers $num_workers --num-buckets $num_buckets"
+ctc_exp=$exp_root/ctc
+ctc2_exp=$exp_root/ctc_seed2
+ctc_model=epoch-$ctc_epochs-avg-$ctc_avg.pt
+lm_dir=$exp_root/tiny_qwen2
+
+# ---- 10-19 Zipformer-CTC -----------------------------------------------------------
+if stage_in 10; then
+  stage_begin 10 "train Zipformer-CTC ($ctc_preset) on source_train"
+  python -m speechadapt.bin.train_ctc --exp-dir $ctc_exp --lang-dir $lang $data_flags \
+    --encoder-preset $ctc_preset --num-epochs $ctc_epochs --max-duration $ctc_max_duration \
+    --schedule-updates $ctc_updates --base-lr 0.04 --average-period $average_period \
+    --valid-interval 0 --save-every-n 200 --keep-last-k 3 --world-size $world_size --seed 42
+  stage_end
+fi
+
+if stage_in 11; then
+  stage_begin 11 "average Zipformer-CTC checkpoints ($ctc_model)"
+  python -m speechadapt.bin.average_checkpoints --exp-dir $ctc_exp --epoch $ctc_epochs \
+    --avg $ctc_avg --use-averaged-model true
+  stage_end
+fi
+
+if stage_in 12; then
+  stage_begin 12 "decode Zipformer-CTC on source and target tests"
+  python -m speechadapt.bin.decode_ctc --exp-dir $ctc_exp --checkpoint $ctc_exp/$ctc_model \
+    --lang-dir $lang $data_flags --max-duration 200 --results $results \
+    --test-sets source_test,target_test
+  stage_end
+fi
+
+# ---- 20-29 LLM-ASR and MoSE --------------------------------------------------------
+if stage_in 20; then
+  stage_begin 20 "text pre-training of the tiny Qwen2 on source_train text"
+  python -m speechadapt.bin.pretrain_text_lm --train-text $fbank/synth_cuts_source_train.jsonl.gz \
+    --valid-text $fbank/synth_cuts_source_dev.jsonl.gz --out-dir $lm_dir \
+    --num-epochs $lm_epochs --hidden-size 256 --num-hidden-layers 2
+  stage_end
+fi
+
+llm_flags="--llm-dir $lm_dir --lora-r $lora_r --lora-alpha $lora_alpha $data_flags"
+if stage_in 21; then
+  stage_begin 21 "train LLM-ASR (frozen CTC encoder + projector + LoRA)"
+  python -m speechadapt.bin.train_llm_asr --exp-dir $exp_root/llm_asr $llm_flags \
+    --encoder-ckpt $ctc_exp/$ctc_model --num-epochs $llm_epochs --max-duration $llm_max_duration \
+    --base-lr $llm_lr --average-period $average_period --valid-interval 0 --world-size $world_size
+  stage_end
+fi
+
+if stage_in 22; then
+  stage_begin 22 "decode LLM-ASR (greedy, batched generate)"
+  python -m speechadapt.bin.decode_llm_asr --exp-dir $exp_root/llm_asr $llm_flags \
+    --encoder-ckpt $ctc_exp/$ctc_model --epoch $llm_epochs --avg $llm_avg --use-averaged-model true \
+    --max-duration 200 --results $results --test-sets source_test,target_test
+  stage_end
+fi
+
+if stage_in 23; then
+  stage_begin 23 "second Zipformer-CTC encoder for MoSE (another seed)"
+  python -m speechadapt.bin.train_ctc --exp-dir $ctc2_exp --lang-dir $lang $data_flags \
+    --encoder-preset $ctc_preset --num-epochs $ctc2_epochs --max-duration $ctc_max_duration \
+    --schedule-updates $ctc2_updates --base-lr 0.04 --average-period $average_period \
+    --valid-interval 0 --save-every-n 200 --keep-last-k 3 --world-size $world_size --seed 7
+  python -m speechadapt.bin.average_checkpoints --exp-dir $ctc2_exp --epoch $ctc2_epochs \
+    --avg $ctc_avg --use-averaged-model true
+  python -m speechadapt.bin.decode_ctc --exp-dir $ctc2_exp --epoch $ctc2_epochs --avg $ctc_avg \
+    --use-averaged-model true --method zipformer-ctc-seed2 --lang-dir $lang $data_flags \
+    --max-duration 200 --results $results --test-sets source_test,target_test
+  stage_end
+fi
+
+mose_encoders="$ctc_exp/$ctc_model $ctc2_exp/epoch-$ctc2_epochs-avg-$ctc_avg.pt"
+if stage_in 24; then
+  stage_begin 24 "train MoSE (two frozen encoders, slot dropout $mose_slot_dropout)"
+  python -m speechadapt.bin.train_llm_asr --exp-dir $exp_root/mose $llm_flags \
+    --encoder-ckpt $mose_encoders --encoder-preset $ctc_preset $ctc_preset \
+    --mose-slot-dropout $mose_slot_dropout --num-epochs $llm_epochs --max-duration $llm_max_duration \
+    --base-lr $llm_lr --average-period $average_period --valid-interval 0 --world-size $world_size
+  stage_end
+fi
+
+if stage_in 25; then
+  stage_begin 25 "decode MoSE (all slots)"
+  python -m speechadapt.bin.decode_llm_asr --exp-dir $exp_root/mose $llm_flags \
+    --encoder-ckpt $mose_encoders --encoder-preset $ctc_preset $ctc_preset \
+    --epoch $llm_epochs --avg $llm_avg --use-averaged-model true \
+    --max-duration 200 --results $results --test-sets source_test,target_test
+  stage_end
+fi
+
+# ---- 90-99 report ------------------------------------------------------------------
+if stage_in 90; then
+  stage_begin 90 "RESULTS and plots from results.jsonl"
+  python -m speechadapt.bin.report --exp-dir $exp_root --out $results_md --plot-dir $plot_dir \
+    --title "synth recipe ($profile profile)"
+  stage_end
+  cat $results_md
+fi
+
 echo "run.sh ($profile): stages $stage..$stop_stage done"

@@ -26,6 +26,7 @@ from speechadapt.training.dist import cleanup_dist, launch, setup_dist
 from speechadapt.training.loop import Trainer
 from speechadapt.training.metrics import MetricsTracker
 from speechadapt.training.options import TrainingConfig, add_training_arguments
+from speechadapt.utils.args import str2bool
 from speechadapt.utils.config import config_to_dict
 from speechadapt.utils.env import get_env_info
 from speechadapt.utils.io import atomic_write_text
@@ -63,6 +64,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--init-from", default=None, help="icefall pretrained.pt / epoch-N.pt to start from")
     g.add_argument("--train-split", default="source_train")
     g.add_argument("--valid-split", default="source_dev")
+    g.add_argument("--pad-invariant", type=str2bool, default=True,
+                   help="mask padding in the front end and downsampling, so a batched utterance "
+                        "decodes as it would alone (icefall's own model does not)")
     g.add_argument("--schedule-updates", type=float, default=0.0,
                    help="expected number of updates; > 0 rescales the Zipformer regularisation "
                         "schedules to end within it (0: icefall's batch counts)")
@@ -85,7 +89,7 @@ def load_model_config(exp_dir) -> ZipformerCtc:
 
 
 def build_model(args, vocab_size: int) -> ZipformerCtc:
-    overrides = {}
+    overrides = {"pad_invariant": args.pad_invariant}
     if args.schedule_updates > 0:
         overrides["schedule_scale"] = ICEFALL_SCHEDULE_BATCHES / args.schedule_updates
     config = get_preset(args.encoder_preset, **overrides)

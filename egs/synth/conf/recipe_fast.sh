@@ -1,0 +1,24 @@
+# synth recipe, fast profile (CI): every stage in minutes, numbers meaningless.
+data_dir=data/fast
+exp_root=exp/fast
+results_md=RESULTS-fast.md
+vocab_size=100
+num_workers=0
+num_buckets=5
+average_period=2
+ctc_preset=tiny
+ctc_epochs=2
+ctc_avg=1
+ctc_max_duration=60
+ctc_updates=20
+ctc2_epochs=1
+ctc2_updates=10
+lm_epochs=3
+lora_r=8
+lora_alpha=16
+llm_epochs=1
+llm_avg=1
+llm_max_duration=60
+llm_lr=5e-4
+mose_slot_dropout=0.3
+plot_dir=plots-fast

@@ -1,0 +1,27 @@
+# synth recipe, full profile (the default): sizes and budgets for 2 CPU cores.
+data_dir=data
+exp_root=exp/full
+results_md=RESULTS.md
+vocab_size=500
+num_workers=1
+num_buckets=30
+average_period=50
+# Zipformer-CTC: ~190 updates an epoch at 100 s batches over 5.4 h of source audio.
+ctc_preset=tiny
+ctc_epochs=8
+ctc_avg=3
+ctc_max_duration=100
+ctc_updates=1700
+# second encoder for MoSE: same size, another seed, shorter
+ctc2_epochs=4
+ctc2_updates=850
+# LLM-ASR / MoSE
+lm_epochs=4
+lora_r=64
+lora_alpha=16
+llm_epochs=2
+llm_avg=1
+llm_max_duration=100
+llm_lr=5e-4
+mose_slot_dropout=0.3
+plot_dir=plots

@@ -1,0 +1,290 @@
+"""The synthetic multi-voice corpus: source voices, held-out target voices plus noise.
+
+Pipeline (``prepare_corpus``):
+1. plan: distinct grammar sentences split *by sentence* into pairwise disjoint
+   splits (so no dev/test/target sentence occurs in the training text), each
+   utterance given a voice (balanced over the domain's voices), a rate, a pitch and
+   a pitch range drawn from a seeded RNG;
+2. synthesise: fixed chunks of the plan, each in a fresh worker process (espeak's
+   hidden state makes that the only reproducible way, see ``espeak.py``), written as
+   16 kHz 16-bit wav;
+3. target noise: every target utterance is mixed once with white/pink/babble noise at
+   an SNR drawn from a range, from an RNG keyed by (seed, split, index), and stored;
+   babble is built from a pool of extra source-voice utterances;
+4. augmentation noise: a few stored noise recordings (from the other half of the
+   babble pool) for on-the-fly mixing in training.
+Each split gets ``<audio_dir>/<split>.jsonl`` metadata that the manifest stage reads.
+"""
+
+import dataclasses
+import logging
+import multiprocessing as mp
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from speechadapt.data.espeak import TARGET_RATE_HZ, VoiceSettings, check_voices, to_int16
+from speechadapt.data.grammar import split_disjoint, unique_sentences
+from speechadapt.data.noise import NOISE_TYPES, make_noise, mix_at_snr
+from speechadapt.data.prep_utils import progress_disabled, write_jsonl
+
+SOURCE_SPLITS = ("source_train", "source_dev", "source_test")
+TARGET_SPLITS = ("target_adapt", "target_dev", "target_test")
+ALL_SPLITS = SOURCE_SPLITS + TARGET_SPLITS
+TRAIN_SPLIT = "source_train"
+BABBLE_POOL = "babble_pool"
+NOISE_SPLIT = "noise"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CorpusConfig:
+    """Everything that decides the audio; the output is a pure function of it."""
+
+    seed: int = 42
+    num_source_train: int = 5600
+    num_source_dev: int = 300
+    num_source_test: int = 400
+    num_target_adapt: int = 200
+    num_target_dev: int = 100
+    num_target_test: int = 400
+    num_babble_pool: int = 120  # extra source-voice utterances: half for target babble, half for augmentation
+    source_voices: List[str] = field(default_factory=lambda: [
+        "en-us", "en-us+m1", "en-us+f2", "en+m3", "en+f1", "en-gb-x-rp+m2", "en-us+m4", "en+f3"])
+    target_voices: List[str] = field(default_factory=lambda: [
+        "en-gb-scotland+m7", "en-us-nyc+f4", "en-029+m5"])
+    rate_wpm: List[int] = field(default_factory=lambda: [145, 195])
+    pitch: List[int] = field(default_factory=lambda: [30, 70])
+    pitch_range: List[int] = field(default_factory=lambda: [30, 70])
+    target_noise_types: List[str] = field(default_factory=lambda: ["pink", "babble"])
+    target_snr_db: List[float] = field(default_factory=lambda: [20.0, 30.0])
+    target_noise_prob: float = 1.0
+    babble_talkers: int = 4
+    aug_noise_types: List[str] = field(default_factory=lambda: ["white", "pink", "babble"])
+    num_aug_noise_per_type: int = 6
+    aug_noise_seconds: float = 10.0
+    chunk_size: int = 64  # utterances per fresh synthesis process; part of what decides the audio
+
+    def split_sizes(self) -> Dict[str, int]:
+        return {
+            "source_train": self.num_source_train, "source_dev": self.num_source_dev,
+            "source_test": self.num_source_test, "target_adapt": self.num_target_adapt,
+            "target_dev": self.num_target_dev, "target_test": self.num_target_test,
+            BABBLE_POOL: self.num_babble_pool,
+        }
+
+    def validate(self) -> None:
+        sizes = self.split_sizes()
+        if any(n < 0 for n in sizes.values()) or self.num_source_train == 0:
+            raise ValueError(f"split sizes must be >= 0 and source_train > 0, got {sizes}")
+        if self.num_babble_pool < 2 and ("babble" in self.target_noise_types + self.aug_noise_types):
+            raise ValueError("babble noise needs num_babble_pool >= 2")
+        shared = sorted(set(self.source_voices) & set(self.target_voices))
+        if shared:
+            raise ValueError(f"source and target voices must be disjoint; shared: {shared}")
+        if not self.source_voices or not self.target_voices:
+            raise ValueError("both source_voices and target_voices need at least one voice")
+        for name in ("rate_wpm", "pitch", "pitch_range", "target_snr_db"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name} must be [low, high], got {[lo, hi]}")
+        for kind in self.target_noise_types + self.aug_noise_types:
+            if kind not in NOISE_TYPES:
+                raise ValueError(f"unknown noise type {kind!r}; expected one of {NOISE_TYPES}")
+        if not 0.0 <= self.target_noise_prob <= 1.0 or self.chunk_size < 1:
+            raise ValueError("target_noise_prob must lie in [0, 1] and chunk_size >= 1")
+
+
+def domain_of(split: str) -> str:
+    return "target" if split in TARGET_SPLITS else "source"
+
+
+# ---- 1. plan ------------------------------------------------------------------------
+
+
+def plan_corpus(cfg: CorpusConfig) -> Dict[str, List[dict]]:
+    """Per split, one row per utterance: id, text, voice settings, domain, seen_in_train."""
+    cfg.validate()
+    sizes = cfg.split_sizes()
+    sentences = split_disjoint(unique_sentences(sum(sizes.values()), cfg.seed), sizes)
+    train_text = set(sentences[TRAIN_SPLIT])
+    plan = {}
+    for split, texts in sentences.items():
+        rng = random.Random(f"{cfg.seed}-{split}")
+        voices = cfg.target_voices if domain_of(split) == "target" else cfg.source_voices
+        assigned = [voices[i % len(voices)] for i in range(len(texts))]
+        rng.shuffle(assigned)
+        plan[split] = [
+            {
+                "id": f"{split}-{i:06d}", "split": split, "domain": domain_of(split),
+                "text": text, "voice": voice,
+                "rate": rng.randint(*cfg.rate_wpm), "pitch": rng.randint(*cfg.pitch),
+                "pitch_range": rng.randint(*cfg.pitch_range),
+                "seen_in_train": text in train_text,
+            }
+            for i, (text, voice) in enumerate(zip(texts, assigned))
+        ]
+    return plan
+
+
+# ---- 2. synthesis in fresh worker processes -------------------------------------------
+
+
+def _synthesise_chunk(task: Tuple[int, List[Tuple[str, str, dict]]]) -> List[Tuple[str, int]]:
+    """Worker body: (seed, [(wav path, text, settings)]) -> wav files; returns (path, num_samples)."""
+    from speechadapt.data.espeak import EspeakSynthesizer
+
+    rand_seed, chunk = task
+    synth = EspeakSynthesizer(rand_seed)
+    done = []
+    for path, text, settings in chunk:
+        samples = synth.synthesize(text, VoiceSettings(**settings))
+        sf.write(path, samples, TARGET_RATE_HZ, subtype="PCM_16")
+        done.append((path, int(samples.size)))
+    return done
+
+
+def _clean_path(audio_dir: Path, row: dict) -> Path:
+    sub = Path("target_clean") / row["split"] if row["domain"] == "target" else Path(row["split"])
+    return audio_dir / sub / f"{row['id']}.wav"
+
+
+def _fresh_process_pool(num_jobs: int):
+    # fork from this process, which never loads espeak (only workers do); one task per
+    # child, so each chunk starts from espeak's initial state. Fork (not spawn) needs no
+    # `if __name__ == "__main__"` guard in the caller and starts in milliseconds.
+    ctx = mp.get_context("fork")
+    return ctx.Pool(processes=max(1, num_jobs), maxtasksperchild=1)
+
+
+def verify_voices(names: Sequence[str]) -> None:
+    """Raise UnknownVoiceError unless espeak-ng has every voice (checked in a fresh process)."""
+    with _fresh_process_pool(1) as pool:
+        pool.apply(check_voices, (list(names),))
+
+
+def synthesise(plan: Dict[str, List[dict]], audio_dir: Path, chunk_size: int, num_jobs: int,
+               seed: int = 0) -> None:
+    """Write the clean audio of every planned utterance; adds audio/num_samples to rows."""
+    tasks, rows_by_path = [], {}
+    for rows in plan.values():
+        for start in range(0, len(rows), chunk_size):
+            chunk = []
+            for row in rows[start:start + chunk_size]:
+                path = _clean_path(audio_dir, row)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                settings = {"voice": row["voice"], "rate": row["rate"], "pitch": row["pitch"],
+                            "pitch_range": row["pitch_range"]}
+                chunk.append((str(path), row["text"], settings))
+                rows_by_path[str(path)] = row
+            tasks.append((seed * 100003 + len(tasks), chunk))
+    total = sum(len(t[1]) for t in tasks)
+    with _fresh_process_pool(num_jobs) as pool, tqdm(total=total, desc="synthesise",
+                                                      disable=progress_disabled()) as bar:
+        for done in pool.imap_unordered(_synthesise_chunk, tasks):
+            for path, num_samples in done:
+                rows_by_path[path]["num_samples"] = num_samples
+                rows_by_path[path]["clean_audio"] = path
+            bar.update(len(done))
+
+
+# ---- 3. target noise, mixed once ------------------------------------------------------
+
+
+def _load_float(path: str) -> np.ndarray:
+    samples, rate = sf.read(path, dtype="float64")
+    if rate != TARGET_RATE_HZ:
+        raise ValueError(f"{path}: expected {TARGET_RATE_HZ} Hz audio, found {rate} Hz")
+    return samples
+
+
+def mix_target_noise(cfg: CorpusConfig, plan: Dict[str, List[dict]], audio_dir: Path,
+                     talkers: Sequence[np.ndarray]) -> None:
+    """Store the noisy target audio; records noise_type and snr_db in each row."""
+    rows = [(split, i, row) for split in TARGET_SPLITS for i, row in enumerate(plan.get(split, []))]
+    for split, i, row in tqdm(rows, desc="target noise", disable=progress_disabled()):
+        clean = _load_float(row["clean_audio"])
+        rng = np.random.default_rng([cfg.seed, ALL_SPLITS.index(split), i])
+        if cfg.target_noise_types and rng.random() < cfg.target_noise_prob:
+            kind = str(rng.choice(cfg.target_noise_types))
+            snr = float(rng.uniform(*cfg.target_snr_db))
+            noise = make_noise(kind, clean.size, rng, talkers, cfg.babble_talkers)
+            mixed = mix_at_snr(clean, noise, snr)
+            row["noise_type"], row["snr_db"] = kind, round(snr, 3)
+        else:
+            mixed, row["noise_type"], row["snr_db"] = clean, "none", None
+        path = audio_dir / split / f"{row['id']}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), to_int16(mixed), TARGET_RATE_HZ, subtype="PCM_16")
+        row["audio"] = str(path)
+
+
+# ---- 4. augmentation noise ------------------------------------------------------------
+
+
+def make_augmentation_noise(cfg: CorpusConfig, audio_dir: Path, talkers: Sequence[np.ndarray]) -> List[dict]:
+    """Stored noise recordings for on-the-fly mixing (RMS 0.1, ``aug_noise_seconds`` long)."""
+    rows = []
+    num_samples = int(cfg.aug_noise_seconds * TARGET_RATE_HZ)
+    for k, kind in enumerate(cfg.aug_noise_types):
+        for j in range(cfg.num_aug_noise_per_type):
+            rng = np.random.default_rng([cfg.seed, 1000 + k, j])
+            noise = 0.1 * make_noise(kind, num_samples, rng, talkers, cfg.babble_talkers)
+            path = audio_dir / NOISE_SPLIT / f"noise-{kind}-{j:03d}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(str(path), to_int16(noise), TARGET_RATE_HZ, subtype="PCM_16")
+            rows.append({"id": path.stem, "split": NOISE_SPLIT, "noise_type": kind,
+                         "audio": str(path), "num_samples": num_samples})
+    return rows
+
+
+# ---- driver ---------------------------------------------------------------------------
+
+
+def prepare_corpus(cfg: CorpusConfig, audio_dir, num_jobs: int = 2) -> Dict[str, List[dict]]:
+    """Plan, synthesise, add target noise and augmentation noise; write metadata jsonl.
+
+    Returns the metadata rows per split (``ALL_SPLITS`` plus ``noise``).
+    """
+    audio_dir = Path(audio_dir)
+    plan = plan_corpus(cfg)
+    verify_voices(sorted(set(cfg.source_voices) | set(cfg.target_voices)))
+    synthesise(plan, audio_dir, cfg.chunk_size, num_jobs, cfg.seed)
+    for split in SOURCE_SPLITS:
+        for row in plan[split]:
+            row["audio"], row["noise_type"], row["snr_db"] = row["clean_audio"], "none", None
+    pool = [_load_float(row["clean_audio"]) for row in plan[BABBLE_POOL]]
+    half = (len(pool) + 1) // 2
+    mix_target_noise(cfg, plan, audio_dir, pool[:half])
+    noise_rows = make_augmentation_noise(cfg, audio_dir, pool[half:] or pool[:half])
+    out = {split: plan[split] for split in ALL_SPLITS}
+    out[NOISE_SPLIT] = noise_rows
+    for split, rows in out.items():
+        write_jsonl(rows, audio_dir / f"{split}.jsonl")
+    write_jsonl(plan[BABBLE_POOL], audio_dir / f"{BABBLE_POOL}.jsonl")
+    return out
+
+
+def summarise_rows(rows_by_split: Dict[str, List[dict]]) -> List[dict]:
+    """Per split: utterances, hours, voices, noise types (for printing)."""
+    out = []
+    for split, rows in rows_by_split.items():
+        seconds = sum(r["num_samples"] for r in rows) / TARGET_RATE_HZ
+        out.append({
+            "split": split, "utterances": len(rows), "hours": round(seconds / 3600, 3),
+            "voices": sorted({r["voice"] for r in rows if "voice" in r}),
+            "noise": sorted({r.get("noise_type", "none") for r in rows}),
+        })
+    return out
+
+
+def config_settings(cfg: CorpusConfig) -> dict:
+    """The dict stored in the done marker."""
+    return dataclasses.asdict(cfg)
+

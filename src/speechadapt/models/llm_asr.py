@@ -1,0 +1,271 @@
+"""LLM-based ASR: frozen speech encoder(s) -> frame-stacking projector(s) -> Qwen2 (+ LoRA).
+
+One encoder is the LibriSpeech recipe's model; several encoders, each with its own
+projector and its own speech slot in the prompt, are MoSE (mixture of speech encoders).
+
+What this module guarantees (the public reference recipe gets the first two wrong):
+  * the encoders are frozen: no gradient, always in eval mode (``train()`` cannot undo
+    it, so validation inside a training epoch leaves them in eval), run under no_grad;
+  * the speech special tokens have real rows, kept in a small tensor of their own
+    (``speech_token_embeddings``) that is trainable when asked, so the whole vocabulary
+    embedding is never copied or unfrozen;
+  * the loss covers only the transcript tokens and the closing ``<|im_end|>``;
+  * prompts are left-padded, so batched ``generate`` equals one-by-one decoding.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speechadapt.models.llm_asr_prompt import (
+    END_SPEECH,
+    IGNORE_ID,
+    START_SPEECH,
+    PromptBatch,
+    PromptBuilder,
+    assemble,
+)
+from speechadapt.models.projector import FrameStackProjector
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj")
+# Chat checkpoints ship sampling settings (Qwen2-Instruct: repetition_penalty 1.1 ...)
+# that generate() would inherit; plain greedy/beam search for ASR switches them off.
+PLAIN_SEARCH = dict(do_sample=False, repetition_penalty=1.0, no_repeat_ngram_size=0, length_penalty=1.0)
+
+
+@dataclass
+class LlmAsrConfig:
+    stack_k: int = 4
+    projector_dropout: float = 0.1
+    use_lora: bool = True
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: Tuple[str, ...] = LORA_TARGETS
+    train_special_tokens: bool = True
+    # MoSE: probability of dropping each encoder's slot per utterance in training
+    # (drawn from torch's global RNG, which the training loop seeds per rank and
+    # saves in checkpoints, so resume is exact).
+    mose_slot_dropout: float = 0.0
+
+
+@dataclass
+class LlmAsrOutput:
+    loss: torch.Tensor  # summed cross-entropy over label tokens
+    num_tokens: int
+    num_correct: int  # argmax hits on label tokens (teacher forcing)
+
+
+def apply_lora(llm: nn.Module, config: LlmAsrConfig) -> nn.Module:
+    """Wrap the LLM with peft LoRA adapters; the base weights are frozen by peft."""
+    from peft import LoraConfig, get_peft_model  # slow import, only when used
+
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.lora_targets),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(llm, lora)
+
+
+def sample_slot_mask(batch_size: int, num_slots: int, p: float,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(B, S) bool, True = slot kept. Each slot dropped with probability p; an
+    utterance whose slots were all dropped keeps them all."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"slot dropout must be in [0, 1), got {p}")
+    keep = torch.rand(batch_size, num_slots, generator=generator) >= p
+    all_dropped = ~keep.any(dim=1, keepdim=True)
+    return keep | all_dropped
+
+
+class LlmAsrModel(nn.Module):
+    def __init__(self, encoders: Sequence[nn.Module], llm: nn.Module, tokenizer, config: LlmAsrConfig = LlmAsrConfig()):
+        super().__init__()
+        if len(encoders) < 1:
+            raise ValueError("LlmAsrModel needs at least one encoder")
+        self.config = config
+        self.tokenizer = tokenizer
+        self.prompt = PromptBuilder(tokenizer, num_slots=len(encoders))
+        self.encoders = nn.ModuleList(encoders)
+        for p in self.encoders.parameters():
+            p.requires_grad_(False)
+        self.encoders.eval()
+        hidden = llm.get_input_embeddings().embedding_dim
+        self.projectors = nn.ModuleList(
+            FrameStackProjector(_output_dim(enc), config.stack_k, hidden, config.projector_dropout) for enc in encoders
+        )
+        self._init_speech_tokens(llm, config.train_special_tokens)
+        if config.use_lora:
+            llm = apply_lora(llm, config)
+        else:
+            for p in llm.parameters():
+                p.requires_grad_(False)
+        self.llm = llm
+
+    def _init_speech_tokens(self, llm: nn.Module, trainable: bool) -> None:
+        # Only <start_speech> and <end_speech> are ever embedded (<speech> is replaced by
+        # frames), so only their rows are kept: a parameter that never gets a gradient
+        # would stall DDP.
+        ids = torch.tensor([self.prompt.token_id(START_SPEECH), self.prompt.token_id(END_SPEECH)])
+        rows = llm.get_input_embeddings().weight.detach()[ids].clone().float()
+        self.register_buffer("speech_token_ids", ids, persistent=False)
+        if trainable:
+            self.speech_token_embeddings = nn.Parameter(rows)
+        else:
+            # Still stored in checkpoints: rows added by resizing are random at load time.
+            self.register_buffer("speech_token_embeddings", rows)
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.encoders)
+
+    def train(self, mode: bool = True) -> "LlmAsrModel":
+        super().train(mode)
+        self.encoders.eval()  # frozen encoders never leave eval mode
+        return self
+
+    # ----------------------------------------------------------------- building blocks
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """LLM token embeddings, with the speech tokens' rows taken from our own tensor."""
+        emb = self.llm.get_input_embeddings()(ids)
+        match = ids.unsqueeze(-1) == self.speech_token_ids.to(ids.device)
+        own = match.to(self.speech_token_embeddings.dtype) @ self.speech_token_embeddings
+        return torch.where(match.any(-1, keepdim=True), own.to(emb.dtype), emb)
+
+    def encode(self, x: torch.Tensor, x_lens: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Per slot: projected frames (B, T_s, H) in the LLM's dtype and their lengths."""
+        dtype = self.llm.get_input_embeddings().weight.dtype
+        out = []
+        for encoder, projector in zip(self.encoders, self.projectors):
+            with torch.no_grad():
+                enc, enc_lens = encoder(x, x_lens)
+            frames, lens = projector(enc.float(), enc_lens)
+            out.append((frames.to(dtype), lens))
+        return out
+
+    def build_prompts(
+        self,
+        speech: List[Tuple[torch.Tensor, torch.Tensor]],
+        texts: Optional[Sequence[Union[str, Sequence[int]]]] = None,
+        keep: Optional[torch.Tensor] = None,
+    ) -> PromptBatch:
+        """Prompts with the transcripts (a string, or target ids ending in <|im_end|>)
+        as the answer; without ``texts`` the prompt ends at the assistant turn."""
+        batch = speech[0][0].size(0)
+        if keep is None:
+            keep = torch.ones(batch, self.num_slots, dtype=torch.bool)
+        if texts is not None and len(texts) != batch:
+            raise ValueError(f"{len(texts)} transcripts for a batch of {batch} utterances")
+        targets = [None] * batch if texts is None else [
+            self.prompt.target_ids(t) if isinstance(t, str) else list(t) for t in texts]
+        layouts = [self.prompt.layout(keep[i].tolist(), targets[i]) for i in range(batch)]
+        return assemble(layouts, speech, self.embed_ids)
+
+    # ------------------------------------------------------------------------ training
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor, texts: Sequence[str],
+                keep: Optional[torch.Tensor] = None) -> LlmAsrOutput:
+        """Teacher-forced loss. ``keep`` (B, S) bool forces which slots each prompt
+        holds; by default MoSE slot dropout draws it in training."""
+        speech = self.encode(x, x_lens)
+        if keep is None and self.training and self.num_slots > 1 and self.config.mose_slot_dropout > 0:
+            keep = sample_slot_mask(x.size(0), self.num_slots, self.config.mose_slot_dropout)
+        prompts = self.build_prompts(speech, texts, keep)
+        # Left padding puts every label at the end: only those logits are computed.
+        num_label_positions = int((prompts.labels != IGNORE_ID).sum(1).max()) + 1
+        logits = self.llm(
+            inputs_embeds=prompts.inputs_embeds,
+            attention_mask=prompts.attention_mask,
+            position_ids=prompts.position_ids,
+            logits_to_keep=num_label_positions,
+            use_cache=False,
+        ).logits
+        targets = prompts.labels[:, -num_label_positions + 1 :]
+        logits = logits[:, :-1].float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=IGNORE_ID, reduction="sum")
+        # A slot dropped from the whole batch must still reach DDP's gradient hooks.
+        loss = loss + sum(0.0 * frames.sum() for frames, _ in speech)
+        valid = targets != IGNORE_ID
+        correct = ((logits.argmax(-1) == targets) & valid).sum()
+        return LlmAsrOutput(loss=loss, num_tokens=int(valid.sum()), num_correct=int(correct))
+
+    # ------------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def decode(
+        self,
+        x: torch.Tensor,
+        x_lens: torch.Tensor,
+        max_new_tokens: int = 64,
+        num_beams: int = 1,
+        return_ids: bool = False,
+        **generate_kwargs,
+    ):
+        """Batched generation with a KV cache (greedy when num_beams == 1), all slots used.
+
+        Returns lower-cased, stripped transcripts (or the generated token ids, up to and
+        excluding <|im_end|>, when ``return_ids``). Extra keyword arguments go to
+        ``generate`` (e.g. ``length_penalty``, ``min_new_tokens``).
+        """
+        prompts = self.build_prompts(self.encode(x, x_lens))
+        stop_ids = self.stop_token_ids()
+        out = self.llm.generate(
+            inputs_embeds=prompts.inputs_embeds,
+            attention_mask=prompts.attention_mask,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            use_cache=True,
+            eos_token_id=stop_ids,
+            pad_token_id=stop_ids[-1],
+            **{**PLAIN_SEARCH, **generate_kwargs},
+        )
+        ids = [_until(row.tolist(), stop_ids) for row in out]
+        if return_ids:
+            return ids
+        return [self.tokenizer.decode(t, skip_special_tokens=True).strip().lower() for t in ids]
+
+    # --------------------------------------------------------------------- checkpoints
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Trainable parameters and buffers only (frozen encoders and base LLM weights
+        come from --encoder-ckpt and --llm-dir): what a LoRA checkpoint holds."""
+        from speechadapt.training.checkpoint import model_state_dict
+
+        return model_state_dict(self, trainable_only=True)
+
+    def load_trainable_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise KeyError(
+                f"LLM-ASR checkpoint does not match this model: missing {missing[:5]} "
+                f"({len(missing)} in all), unexpected {unexpected[:5]} ({len(unexpected)} in all); "
+                f"check --use-lora/--lora-r, the encoder count and --train-special-tokens"
+            )
+        self.load_state_dict(state, strict=False)
+
+    def stop_token_ids(self) -> List[int]:
+        """<|im_end|> ends the answer; the pad token (<|endoftext|>) stops it too."""
+        pad = self.tokenizer.pad_token_id
+        return [self.prompt.im_end_id] + ([pad] if pad is not None and pad != self.prompt.im_end_id else [])
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _output_dim(encoder: nn.Module) -> int:
+    dim = getattr(encoder, "output_dim", None)
+    if not isinstance(dim, int):
+        raise AttributeError(f"{type(encoder).__name__} has no integer `output_dim`; the projector needs it")
+    return dim
+
+
+def _until(ids: List[int], stop_ids: Sequence[int]) -> List[int]:
+    for n, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[:n]
+    return ids

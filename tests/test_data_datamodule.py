@@ -1,0 +1,168 @@
+"""Datamodule: DDP sharding with equal batch counts, padding duplicates, features,
+augmentation switches, seeded workers and sampler resume."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechadapt.data.datamodule import AsrDataModule, SeedWorkers, is_padding_duplicate
+from speechadapt.data.features import featurise_split
+from speechadapt.data.manifests import make_cuts, rows_to_manifests, write_noise_manifests
+
+
+def _write_wavs(directory, durations, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, seconds in enumerate(durations):
+        path = directory / f"utt{i:03d}.wav"
+        t = np.arange(int(16000 * seconds)) / 16000
+        audio = 0.2 * np.sin(2 * np.pi * (200 + 50 * i) * t) + 0.01 * rng.standard_normal(t.size)
+        sf.write(path, audio, 16000, subtype="PCM_16")
+        rows.append({"id": f"utt{i:03d}", "audio": str(path), "text": f"call number {i}",
+                     "voice": "en-us", "domain": "source", "seen_in_train": True})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def fbank_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dm")
+    (root / "audio").mkdir()
+    durations = [0.6 + 0.25 * (i % 7) for i in range(13)]
+    recordings, supervisions, _ = rows_to_manifests(_write_wavs(root / "audio", durations))
+    featurise_split(make_cuts(recordings, supervisions), root / "fbank", "source_train")
+    (root / "noise").mkdir()
+    noise_rows = [{**r, "noise_type": "white"} for r in _write_wavs(root / "noise", [3.0, 3.0], seed=1)]
+    noise = write_noise_manifests(noise_rows, root / "manifests")
+    featurise_split(noise, root / "fbank", "noise")
+    # three equal cuts for the padding-duplicate case
+    (root / "audio3").mkdir()
+    rec3, sup3, _ = rows_to_manifests(_write_wavs(root / "audio3", [2.0, 2.0, 2.0]))
+    featurise_split(make_cuts(rec3, sup3), root / "fbank", "three")
+    return root / "fbank"
+
+
+def _module(fbank_dir, *extra):
+    parser = argparse.ArgumentParser()
+    AsrDataModule.add_arguments(parser)
+    args = parser.parse_args(["--manifest-dir", str(fbank_dir), "--num-workers", "0",
+                              "--num-buckets", "2", *extra])
+    return AsrDataModule(args)
+
+
+def _batches_ids(loader):
+    return [[c.id for c in batch["supervisions"]["cut"]] for batch in loader]
+
+
+def test_two_ranks_cover_every_cut_with_equal_batch_counts(fbank_dir):
+    dm = _module(fbank_dir, "--max-duration", "3", "--drop-last", "false")
+    cuts = dm.load_cuts("source_train")
+    all_ids = {c.id for c in cuts}
+    per_rank = [_batches_ids(dm.train_dataloaders(cuts, world_size=2, rank=r)) for r in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1]) > 1
+    seen = [{i for batch in batches for i in batch if not is_padding_duplicate(i)} for batches in per_rank]
+    assert seen[0] | seen[1] == all_ids
+    assert not seen[0] & seen[1]  # each real cut goes to one rank only
+
+
+def test_padding_duplicates_are_recognisable(fbank_dir):
+    dm = _module(fbank_dir, "--max-duration", "2.5", "--drop-last", "false")
+    cuts = dm.load_cuts("three")
+    per_rank = [_batches_ids(dm.valid_dataloaders(cuts, world_size=2, rank=r)) for r in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1]) == 2
+    flat = [i for batches in per_rank for batch in batches for i in batch]
+    dups = [i for i in flat if is_padding_duplicate(i)]
+    assert len(dups) == 1 and dups[0].rsplit("_dup", 1)[0] in {c.id for c in cuts}
+    assert {i for i in flat if not is_padding_duplicate(i)} == {c.id for c in cuts}
+    assert not is_padding_duplicate("utt001") and not is_padding_duplicate("utt001_sp0.9")
+
+
+def test_batches_hold_fbank_text_and_custom_fields(fbank_dir):
+    dm = _module(fbank_dir, "--max-duration", "6", "--enable-spec-aug", "true",
+                 "--enable-noise-mix", "true", "--noise-mix-prob", "1.0", "--noise-snr", "10,20")
+    batch = next(iter(dm.train_dataloaders(dm.load_cuts("source_train"))))
+    inputs, sup = batch["inputs"], batch["supervisions"]
+    assert inputs.ndim == 3 and inputs.shape[2] == 80 and torch.isfinite(inputs).all()
+    assert len(sup["text"]) == inputs.shape[0]
+    assert int(sup["num_frames"].max()) <= inputs.shape[1]
+    assert all(t.startswith("call number") for t in sup["text"])
+    assert all(c.id.startswith("utt") for c in sup["cut"])  # ids kept through mixing
+    test_batch = next(iter(dm.test_dataloaders(dm.load_cuts("source_train"))))
+    assert test_batch["supervisions"]["cut"][0].seen_in_train is True
+
+
+def test_on_the_fly_features_match_precomputed(fbank_dir):
+    flags = ("--max-duration", "100", "--enable-spec-aug", "false", "--shuffle", "false")
+    stored = next(iter(_module(fbank_dir, *flags).test_dataloaders(_module(fbank_dir).load_cuts("three"))))
+    fly_dm = _module(fbank_dir, *flags, "--on-the-fly-feats", "true")
+    fly = next(iter(fly_dm.test_dataloaders(fly_dm.load_cuts("three"))))
+    assert fly["inputs"].shape == stored["inputs"].shape
+    assert torch.allclose(fly["inputs"], stored["inputs"], atol=0.1)  # lilcom is lossy
+
+
+def test_noise_mix_and_spec_aug_change_the_features(fbank_dir):
+    common = ("--max-duration", "100", "--enable-spec-aug", "false", "--shuffle", "false", "--drop-last", "false")
+    plain = _module(fbank_dir, *common)
+    noisy = _module(fbank_dir, *common,
+                    "--enable-noise-mix", "true", "--noise-mix-prob", "1.0", "--noise-snr", "0")
+    cuts = plain.load_cuts("three")
+    a = next(iter(plain.train_dataloaders(cuts)))["inputs"]
+    b = next(iter(noisy.train_dataloaders(cuts)))["inputs"]
+    assert a.shape == b.shape and not torch.allclose(a, b)
+    with pytest.raises(FileNotFoundError, match="noise"):
+        _module(fbank_dir, "--enable-noise-mix", "true", "--noise-cuts", "/nonexistent.jsonl.gz") \
+            .train_dataloaders(cuts)
+
+
+def test_sampler_state_dict_resumes_mid_epoch(fbank_dir):
+    dm = _module(fbank_dir, "--max-duration", "3", "--enable-spec-aug", "false")
+    cuts = dm.load_cuts("source_train")
+    full = _batches_ids(dm.train_dataloaders(cuts))
+    loader = dm.train_dataloaders(cuts)
+    it = iter(loader)
+    head = [[c.id for c in next(it)["supervisions"]["cut"]] for _ in range(2)]
+    state = loader.sampler.state_dict()
+    resumed = _batches_ids(dm.train_dataloaders(cuts, sampler_state_dict=state))
+    assert head == full[:2] and resumed == full[2:]
+
+
+def test_workers_are_seeded(fbank_dir):
+    def first_inputs(seed):
+        dm = _module(fbank_dir, "--max-duration", "100", "--num-workers", "1", "--seed", str(seed), "--drop-last", "false",
+                     "--enable-spec-aug", "true", "--spec-aug-time-warp-factor", "10")
+        dm.args.num_workers = 1
+        return next(iter(dm.train_dataloaders(dm.load_cuts("source_train"))))["inputs"]
+
+    assert torch.equal(first_inputs(3), first_inputs(3))
+    assert not torch.equal(first_inputs(3), first_inputs(4))
+    seeder = SeedWorkers(5, rank=1, sampler=None)
+    seeder(0)
+    a = torch.rand(3)
+    seeder(0)
+    assert torch.equal(a, torch.rand(3))
+
+
+def _gloo_worker(rank, world_size, fbank_dir, out_dir):
+    from speechadapt.training.dist import cleanup_dist, setup_dist
+
+    setup_dist(rank, world_size)
+    try:
+        dm = _module(fbank_dir, "--max-duration", "3", "--drop-last", "false")
+        ids = _batches_ids(dm.train_dataloaders(dm.load_cuts("source_train")))  # rank from the group
+        (out_dir / f"rank{rank}.json").write_text(json.dumps(ids))
+    finally:
+        cleanup_dist()
+
+
+def test_sampler_takes_rank_from_a_gloo_process_group(fbank_dir, tmp_path):
+    from speechadapt.training.dist import launch
+
+    launch(_gloo_worker, 2, fbank_dir, tmp_path)
+    per_rank = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(per_rank[0]) == len(per_rank[1])
+    seen = [{i for b in batches for i in b if not is_padding_duplicate(i)} for batches in per_rank]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    assert len(seen[0] | seen[1]) == 13

@@ -1,0 +1,206 @@
+"""LLM-ASR through the shared training loop: frozen encoder, adapter-only checkpoints,
+the missing --llm-dir message, and the text pre-training stage."""
+
+import json
+
+import pytest
+import torch
+
+from speechadapt.bin import pretrain_text_lm, train_llm_asr
+from speechadapt.bin.train_llm_asr import LlmAsrLoss
+from speechadapt.models.hf.fixtures import make_tiny_qwen2
+from speechadapt.models.llm_asr import LlmAsrConfig, LlmAsrModel
+from speechadapt.models.llm_asr_build import load_frozen_encoder, load_llm_for_asr
+from speechadapt.models.zipformer import ZipformerEncoder, get_preset
+from speechadapt.training.loop import Trainer
+from speechadapt.training.options import TrainingConfig
+from speechadapt.utils.safe_load import safe_torch_load
+
+TEXTS = ["turn on the lights", "call alice", "play some music now", "open the door", "set an alarm"]
+
+
+@pytest.fixture(scope="module")
+def llm_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    return make_tiny_qwen2(tmp_path_factory.mktemp("qwen2"), TEXTS, tokenizer_vocab_size=300,
+                           hidden_size=64, intermediate_size=128)
+
+
+def make_batches(num: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for i in range(num):
+        lens = torch.tensor([90, 70 - 5 * (i % 3)])
+        batches.append({"features": torch.randn(2, 90, 80, generator=g), "features_lens": lens,
+                        "texts": [TEXTS[i % 5], TEXTS[(i + 2) % 5]]})
+    return batches
+
+
+def test_encoder_frozen_and_in_eval_after_epoch_with_validation(llm_dir, tmp_path):
+    torch.manual_seed(0)
+    encoder = ZipformerEncoder(get_preset("tiny")).eval()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    llm, tokenizer = load_llm_for_asr(llm_dir)
+    model = LlmAsrModel([encoder], llm, tokenizer, LlmAsrConfig(lora_r=4, lora_alpha=8))
+    base_before = {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" not in n}
+    seen = []  # (encoder.training, grad enabled) at every encoder call
+    encoder.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
+    config = TrainingConfig(exp_dir=str(tmp_path), num_epochs=2, optimizer="adamw", base_lr=5e-3,
+                            scheduler="constant", valid_interval=2, average_period=1, save_every_n=0,
+                            tensorboard=False, log_interval=1, save_trainable_only=True)
+    trainer = Trainer(config, model, LlmAsrLoss(), make_batches(4, 0), make_batches(2, 1))
+    params = trainer.fit()
+    assert params["batch_idx_train"] == 8 and params["valid_loss"] < float("inf")
+    assert len(seen) == 8 + 2 * 2 * 2 + 2 * 2  # training + mid-epoch validations + epoch-end ones
+    assert all(training is False and grad is False for training, grad in seen)
+    assert not encoder.training and model.training
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())
+    assert all(not p.requires_grad for p in encoder.parameters())
+    base_after = dict(model.llm.named_parameters())
+    assert all(torch.equal(base_after[n], v) for n, v in base_before.items())
+    # Adapter-only checkpoint: no encoder or base LLM weights, and it reloads.
+    saved = safe_torch_load(tmp_path / "epoch-2.pt")
+    keys = set(saved["model"])
+    assert keys == set(model.trainable_state_dict())
+    assert not any(k.startswith("encoders.") or "base_layer" in k for k in keys)
+    assert saved["params"]["trainable_only"] is True
+    fresh = LlmAsrModel([ZipformerEncoder(get_preset("tiny"))], load_llm_for_asr(llm_dir)[0], tokenizer,
+                        LlmAsrConfig(lora_r=4, lora_alpha=8))
+    fresh.load_trainable_state_dict(saved["model"])
+    assert torch.equal(fresh.projectors[0].linear1.weight, model.projectors[0].linear1.weight)
+
+
+def _train(llm_dir, exp_dir, num_epochs, start_epoch=1):
+    torch.manual_seed(0)
+    encoder = ZipformerEncoder(get_preset("tiny"))  # frozen: the same file in every run
+    torch.manual_seed(start_epoch)  # the adapter of a resumed run must come from the checkpoint
+    llm, tokenizer = load_llm_for_asr(llm_dir)
+    model = LlmAsrModel([encoder], llm, tokenizer, LlmAsrConfig(lora_r=4, lora_alpha=8))
+    config = TrainingConfig(exp_dir=str(exp_dir), num_epochs=num_epochs, start_epoch=start_epoch,
+                            optimizer="adamw", base_lr=5e-3, scheduler="eden", warmup_batches=2,
+                            valid_interval=0, average_period=2, save_every_n=0, tensorboard=False,
+                            save_trainable_only=True)
+    Trainer(config, model, LlmAsrLoss(), make_batches(3, 0), make_batches(1, 1)).fit()
+    return model.trainable_state_dict()
+
+
+def test_resume_from_adapter_only_checkpoint_is_exact(llm_dir, tmp_path):
+    straight = _train(llm_dir, tmp_path / "a", num_epochs=2)
+    torch.manual_seed(0)
+    _train(llm_dir, tmp_path / "b", num_epochs=1)
+    resumed = _train(llm_dir, tmp_path / "b", num_epochs=2, start_epoch=2)
+    assert set(straight) == set(resumed)
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
+    saved = safe_torch_load(tmp_path / "b" / "epoch-2.pt")
+    assert set(saved["model_avg"]) == set(straight)  # the running average covers the adapter only
+
+
+def test_encoder_checkpoint_loads_strictly(tmp_path):
+    from speechadapt.models.ctc import ZipformerCtc
+
+    ctc = ZipformerCtc(get_preset("tiny"), vocab_size=50)
+    torch.save({"model": ctc.state_dict()}, tmp_path / "epoch-3-avg-2.pt")
+    encoder = load_frozen_encoder(tmp_path / "epoch-3-avg-2.pt", "tiny")
+    assert not encoder.training and all(not p.requires_grad for p in encoder.parameters())
+    own = encoder.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in ctc.state_dict().items() if not k.startswith("ctc_output"))
+    torch.save({"model": {"foo.weight": torch.zeros(1)}}, tmp_path / "bad.pt")
+    with pytest.raises(KeyError, match="no Zipformer encoder weights"):
+        load_frozen_encoder(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="--encoder-preset"):
+        load_frozen_encoder(tmp_path / "epoch-3-avg-2.pt", "small")
+
+
+def test_missing_llm_dir_gives_the_clear_message(tmp_path):
+    ckpt = tmp_path / "enc.pt"
+    ckpt.write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        train_llm_asr.main(["--exp-dir", str(tmp_path / "exp"), "--llm-dir", str(tmp_path / "no_such_llm"),
+                            "--encoder-ckpt", str(ckpt)])
+    message = str(exc.value)
+    assert "no_such_llm" in message and "does not exist" in message
+    assert "Qwen/Qwen2-1.5B-Instruct" in message and "--llm-dir" in message
+
+
+def test_text_pretraining_beats_unigram(tmp_path):
+    from speechadapt.data.grammar import unique_sentences
+
+    sentences = unique_sentences(260, seed=3)
+    (tmp_path / "train.txt").write_text("\n".join(sentences[:220]) + "\n")
+    (tmp_path / "valid.txt").write_text("\n".join(s.upper() for s in sentences[220:]) + "\n")
+    out = tmp_path / "lm"
+    report = pretrain_text_lm.main_report([
+        "--train-text", str(tmp_path / "train.txt"), "--valid-text", str(tmp_path / "valid.txt"),
+        "--out-dir", str(out), "--num-epochs", "3", "--hidden-size", "64", "--intermediate-size", "128",
+        "--tokenizer-vocab-size", "300", "--batch-size", "16", "--lr", "5e-3"])
+    assert report["valid_perplexity"] < report["unigram_perplexity"] < report["valid_perplexity_before_training"]
+    assert json.loads((out / "pretrain_report.json").read_text()) == report
+    llm, tokenizer = load_llm_for_asr(out)  # usable as --llm-dir
+    assert tokenizer.convert_tokens_to_ids("<speech>") is not None
+    # An untrained LM does not beat the baseline: the stage fails and leaves no model behind.
+    with pytest.raises(pretrain_text_lm.PerplexityError):
+        pretrain_text_lm.main_report([
+            "--train-text", str(tmp_path / "train.txt"), "--valid-text", str(tmp_path / "valid.txt"),
+            "--out-dir", str(tmp_path / "lm0"), "--num-epochs", "0", "--hidden-size", "32",
+            "--intermediate-size", "64", "--tokenizer-vocab-size", "300"])
+    assert not (tmp_path / "lm0").exists() and not (tmp_path / "lm0.partial").exists()
+
+
+def _mose_ddp_worker(rank, world_size, llm_dir, out_dir):
+    import speechadapt.models.llm_asr as llm_asr
+    from speechadapt.training.dist import cleanup_dist, setup_dist
+
+    torch.set_num_threads(1)
+    dist_info = setup_dist(rank, world_size)
+    # Worst case for DDP: on rank 0 the second encoder's slot is dropped from every
+    # utterance, so its projector takes no part in rank 0's loss.
+    fixed = torch.tensor([[True, False]]) if rank == 0 else torch.tensor([[True, True]])
+    llm_asr.sample_slot_mask = lambda batch, slots, p, generator=None: fixed.expand(batch, slots).clone()
+    torch.manual_seed(0)
+    narrow = get_preset("tiny", encoder_dim=(32, 48, 64, 64, 64, 48))  # MoSE encoders that differ in size
+    encoders = [ZipformerEncoder(get_preset("tiny")), ZipformerEncoder(narrow)]
+    llm, tokenizer = load_llm_for_asr(llm_dir)
+    model = LlmAsrModel(encoders, llm, tokenizer, LlmAsrConfig(lora_r=4, lora_alpha=8, mose_slot_dropout=0.5))
+    initial = {k: v.clone() for k, v in model.trainable_state_dict().items()}
+    config = TrainingConfig(exp_dir=str(out_dir), num_epochs=1, optimizer="adamw", base_lr=5e-3,
+                            scheduler="constant", valid_interval=0, average_period=1, save_every_n=0,
+                            tensorboard=False, log_interval=1, save_trainable_only=True)
+    batches = [{k: v[:1] for k, v in b.items()} for b in make_batches(6, rank)]
+    Trainer(config, model, LlmAsrLoss(), batches, None, dist_info).fit()
+    torch.save({"initial": initial, "final": model.trainable_state_dict()}, out_dir / f"rank{rank}.pt")
+    cleanup_dist()
+
+
+@pytest.mark.slow
+def test_mose_slot_dropout_trains_under_ddp(llm_dir, tmp_path, monkeypatch):
+    from speechadapt.training.dist import launch
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "0")
+    launch(_mose_ddp_worker, 2, llm_dir, tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    for key, value in ranks[0]["final"].items():
+        assert torch.equal(value, ranks[1]["final"][key]), key  # gradients were all-reduced
+    moved = [k for k, v in ranks[0]["final"].items() if not torch.equal(v, ranks[0]["initial"][k])]
+    assert any(k.startswith("projectors.1.") for k in moved) and any(k.startswith("projectors.0.") for k in moved)
+
+
+def test_read_texts_from_text_file_and_cut_manifest(tmp_path):
+    from lhotse import CutSet, SupervisionSegment
+    from lhotse.testing.dummies import dummy_cut
+
+    cuts = []
+    for i, text in enumerate(["Call  ALICE", "play music"]):
+        cut = dummy_cut(i, duration=1.0)
+        cut.supervisions = [SupervisionSegment(f"s{i}", cut.recording_id, 0.0, 1.0, text=text)]
+        cuts.append(cut)
+    CutSet.from_cuts(cuts).to_file(tmp_path / "synth_cuts_train.jsonl.gz")
+    assert pretrain_text_lm.read_texts(tmp_path / "synth_cuts_train.jsonl.gz") == ["call alice", "play music"]
+    (tmp_path / "t.txt").write_text("Open The Door\n\n  set an alarm \n")
+    assert pretrain_text_lm.read_texts(tmp_path / "t.txt") == ["open the door", "set an alarm"]
+    with pytest.raises(FileNotFoundError):
+        pretrain_text_lm.read_texts(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="no text"):
+        pretrain_text_lm.read_texts(tmp_path / "empty.txt")
