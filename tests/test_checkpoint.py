@@ -157,8 +157,11 @@ def test_cli_use_averaged_model(exp_dir):
     out = cli.main(["--exp-dir", str(exp_dir), "--epoch", "4", "--avg", "3", "--use-averaged-model", "true"])
     # (40 * 400 - 10 * 100) / 300
     torch.testing.assert_close(torch.load(out, weights_only=True)["model"]["w"], torch.full((2,), 50.0))
-    with pytest.raises(ValueError, match="epoch - avg >= 1"):
-        cli.main(["--exp-dir", str(exp_dir), "--epoch", "4", "--avg", "4", "--use-averaged-model", "true"])
+    # from the start of training (S = 0) the formula is model_avg of epoch 4 itself
+    out = cli.main(["--exp-dir", str(exp_dir), "--epoch", "4", "--avg", "4", "--use-averaged-model", "true"])
+    torch.testing.assert_close(torch.load(out, weights_only=True)["model"]["w"], torch.full((2,), 40.0))
+    with pytest.raises(ValueError, match="epoch - avg >= 0"):
+        cli.main(["--exp-dir", str(exp_dir), "--epoch", "4", "--avg", "5", "--use-averaged-model", "true"])
 
 
 def test_cli_iter_and_best_valid(exp_dir):

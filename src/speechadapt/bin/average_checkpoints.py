@@ -74,11 +74,23 @@ def best_valid_files(exp_dir: Path, k: int) -> List[Path]:
     return [p for _, _, p in best]
 
 
+def model_avg_of(path: Path) -> Dict:
+    """The running average stored in an epoch/checkpoint file (mean over all its batches)."""
+    ckpt = safe_torch_load(path)
+    if ckpt.get("model_avg") is None:
+        raise KeyError(f"{path}: no 'model_avg' entry (run with --average-period > 0)")
+    return ckpt["model_avg"]
+
+
 def average_by_epoch(exp_dir: Path, epoch: int, avg: int, use_averaged_model: bool):
     if use_averaged_model:
         start = epoch - avg
-        if start < 1:
-            raise ValueError(f"--use-averaged-model needs epoch - avg >= 1, got {epoch} - {avg}")
+        if start < 0:
+            raise ValueError(f"--use-averaged-model needs epoch - avg >= 0, got {epoch} - {avg}")
+        if start == 0:
+            # from the start of training (b_S = 0): the formula reduces to model_avg_E
+            (last,) = _require([exp_dir / f"epoch-{epoch}.pt"])
+            return model_avg_of(last), [last]
         first, last = _require([exp_dir / f"epoch-{start}.pt", exp_dir / f"epoch-{epoch}.pt"])
         return average_checkpoints_with_averaged_model(first, last), [first, last]
     if epoch - avg + 1 < 1:

@@ -60,7 +60,7 @@ def main(argv=None) -> Dict[str, float]:
             results, audio_s = decode_dataloader(ctc_greedy_texts(model, sp), data.test_dataloaders(cuts), device)
         wers.update(write_decode_results(
             results, args.exp_dir, test_set, f"greedy-{name}", args.method, args.results,
-            clock.seconds, audio_s, extra={"family": "ctc", "decoding_method": "greedy"},
+            clock.seconds, audio_s, extra={"family": "asr", "decoding_method": "greedy"},
             subsets=unseen_subset(cuts)))
     return wers
 

@@ -112,7 +112,7 @@ def main(argv: Sequence[str] = None) -> Dict[str, float]:
                 data.test_dataloaders(cuts), args.device)
         wers.update(write_decode_results(
             results, args.exp_dir, test_set, key, method, args.results, clock.seconds, audio_s,
-            extra={"decoding_method": args.decoding_method}, subsets=unseen_subset(cuts)))
+            extra={"family": "asr", "decoding_method": args.decoding_method}, subsets=unseen_subset(cuts)))
     return wers
 
 

@@ -51,15 +51,19 @@ def decode_dataloader(decode_fn: DecodeFn, dataloader, device) -> Tuple[List[Res
 
 
 def unseen_subset(cuts) -> Dict[str, Callable[[str], bool]]:
-    """{"unseen": predicate} when the cuts say which sentences occur in the training text."""
-    unseen, known = set(), False
+    """{"unseen": predicate} when the cuts say which sentences occur in the training text
+    and some do (when none does, the whole set is already "unseen": no extra subset)."""
+    unseen, total, known = set(), 0, False
     for cut in cuts:
+        total += 1
         custom = cut.custom or {}
         if "seen_in_train" in custom:
             known = True
             if not custom["seen_in_train"]:
                 unseen.add(cut.id)
-    return {"unseen": unseen.__contains__} if known else {}
+    if known and len(unseen) == total:
+        logging.info(f"all {total} sentences are absent from the training text")
+    return {"unseen": unseen.__contains__} if known and len(unseen) < total else {}
 
 
 def peak_memory_mb() -> float:
