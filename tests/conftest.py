@@ -19,3 +19,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    # Tests use tiny models: one intra-op thread is as fast, and on a shared 2-core
+    # machine a 2-thread OpenMP team can stall for long stretches waiting for a
+    # descheduled thread.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -21,16 +21,6 @@ TINY_REFERENCE = REFERENCE_DIR / "zipformer_tiny_reference.pt"
 LARGE_KEYS = REFERENCE_DIR / "zipformer_large_keys.json"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # One intra-op thread: on a shared 2-core machine a 2-thread OpenMP team can stall
-    # for long stretches waiting for a descheduled thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def reference():
     if not TINY_REFERENCE.is_file():

@@ -14,16 +14,6 @@ from speechadapt.models.zipformer import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # One intra-op thread: on a shared 2-core machine a 2-thread OpenMP team can stall
-    # for long stretches waiting for a descheduled thread.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _schedules(model):
     return [m for m in model.modules() if isinstance(m, ScheduledFloat)]
 
