@@ -152,8 +152,8 @@ def _place(model: torch.nn.Module, device: Union[str, torch.device]) -> torch.nn
     return model.to(torch.device(device)).eval()
 
 
-def _pretrained_kwargs(dtype: DTypeLike) -> dict:
-    kwargs = {"local_files_only": True}
+def _dtype_kwargs(dtype: DTypeLike) -> dict:
+    kwargs = {}
     resolved = resolve_dtype(dtype)
     if resolved is not None:
         kwargs["dtype"] = resolved
@@ -173,7 +173,7 @@ def load_qwen2(llm_dir: PathLike, device: Union[str, torch.device] = "cpu", dtyp
         # Qwen2 pads with <|endoftext|>; other tokenizers fall back to their eos.
         pad = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token
         tokenizer.pad_token = pad
-    model = AutoModelForCausalLM.from_pretrained(path, **_pretrained_kwargs(dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **_dtype_kwargs(dtype))
     return _place(model, device), tokenizer
 
 
@@ -183,7 +183,7 @@ def load_whisper(whisper_dir: PathLike, device: Union[str, torch.device] = "cpu"
 
     path = check_model_dir(whisper_dir, "whisper")
     processor = WhisperProcessor.from_pretrained(path, local_files_only=True)
-    model = WhisperForConditionalGeneration.from_pretrained(path, **_pretrained_kwargs(dtype))
+    model = WhisperForConditionalGeneration.from_pretrained(path, local_files_only=True, **_dtype_kwargs(dtype))
     return _place(model, device), processor
 
 
@@ -208,7 +208,7 @@ def load_hf_ctc(model_dir: PathLike, device: Union[str, torch.device] = "cpu", d
 
     path = check_model_dir(model_dir, _ctc_kind(model_dir))
     processor = Wav2Vec2Processor.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCTC.from_pretrained(path, **_pretrained_kwargs(dtype))
+    model = AutoModelForCTC.from_pretrained(path, local_files_only=True, **_dtype_kwargs(dtype))
     return HFCtcAdapter(_place(model, device), processor)
 
 
