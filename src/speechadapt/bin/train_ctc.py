@@ -67,6 +67,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--pad-invariant", type=str2bool, default=True,
                    help="mask padding in the front end and downsampling, so a batched utterance "
                         "decodes as it would alone (icefall's own model does not)")
+    g.add_argument("--regularize", type=str2bool, default=True,
+                   help="false: no scheduled dropout / layer skipping / feature masking in training")
     g.add_argument("--schedule-updates", type=float, default=0.0,
                    help="expected number of updates; > 0 rescales the Zipformer regularisation "
                         "schedules to end within it (0: icefall's batch counts)")
@@ -89,7 +91,7 @@ def load_model_config(exp_dir) -> ZipformerCtc:
 
 
 def build_model(args, vocab_size: int) -> ZipformerCtc:
-    overrides = {"pad_invariant": args.pad_invariant}
+    overrides = {"pad_invariant": args.pad_invariant, "regularize": args.regularize}
     if args.schedule_updates > 0:
         overrides["schedule_scale"] = ICEFALL_SCHEDULE_BATCHES / args.schedule_updates
     config = get_preset(args.encoder_preset, **overrides)
