@@ -67,12 +67,13 @@ def plot_family_wers(tables, plot_dir: Path) -> List[Path]:
     for family, rows in tables.items():
         sets = sorted({s for cells in rows.values() for s in cells})
         labels = [m if not mdl else f"{m}\n{Path(mdl).name}" for m, mdl in rows]
-        fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(rows) * max(1, len(sets)) / 2), 3.2))
+        fig, ax = plt.subplots(figsize=(max(5, 2.2 * len(rows)), 4.2))
         width = 0.8 / max(1, len(sets))
         for i, s in enumerate(sets):
             ys = [cells.get(s, {}).get("wer", float("nan")) for cells in rows.values()]
             ax.bar([x + i * width for x in range(len(rows))], ys, width, label=s)
-        ax.set_xticks([x + width * (len(sets) - 1) / 2 for x in range(len(rows))], labels, fontsize=7)
+        ax.set_xticks([x + width * (len(sets) - 1) / 2 for x in range(len(rows))], labels, fontsize=7,
+                      rotation=15, ha="right")
         ax.set_ylabel("WER (%)")
         ax.set_title(family)
         ax.legend(fontsize=7)
@@ -97,7 +98,8 @@ def plot_training_curves(exp_dir: Path, plot_dir: Path) -> List[Path]:
     for run in run_dirs:
         acc = EventAccumulator(str(run))
         acc.Reload()
-        tags = [t for t in acc.Tags().get("scalars", []) if "loss" in t]
+        # per-batch and validation losses share the batch axis; per-epoch tags do not
+        tags = [t for t in acc.Tags().get("scalars", []) if "loss" in t and "epoch" not in t]
         if not tags:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.2))
