@@ -26,6 +26,9 @@ from speechadapt.utils.io import atomic_save
 from speechadapt.utils.safe_load import safe_torch_load
 
 
+AVERAGED_SUFFIX = "-use-averaged-model"
+
+
 def add_model_selection_arguments(parser: argparse.ArgumentParser) -> None:
     """--epoch/--iter/--avg/--use-averaged-model/--best-valid (and --checkpoint for decoders)."""
     parser.add_argument("--epoch", type=int, default=0, help="last epoch to average")
@@ -116,7 +119,8 @@ def select_weights(args: argparse.Namespace) -> Tuple[Dict, str, List[Path]]:
 
     ``args.checkpoint`` (when the parser has it and it is set) wins: a file with a
     "model" entry, e.g. one this tool wrote. The name is what the files of a decoding
-    run are called after (``epoch-E-avg-A``, ``iter-B-avg-A``, ``best-valid-K``).
+    run are called after (``epoch-E-avg-A[-use-averaged-model]``, ``iter-B-avg-A...``,
+    ``best-valid-K``), as in icefall.
     """
     exp_dir = Path(args.exp_dir)
     checkpoint = getattr(args, "checkpoint", None)
@@ -134,19 +138,21 @@ def select_weights(args: argparse.Namespace) -> Tuple[Dict, str, List[Path]]:
             raise ValueError("--best-valid takes a plain mean: do not combine with --use-averaged-model")
         files = best_valid_files(exp_dir, args.best_valid)
         return average_checkpoints(files), f"best-valid-{args.best_valid}", files
+    averaged = AVERAGED_SUFFIX if args.use_averaged_model else ""
     if args.iter > 0:
         state, files = average_by_iter(exp_dir, args.iter, args.avg, args.use_averaged_model)
-        return state, f"iter-{args.iter}-avg-{args.avg}", files
+        return state, f"iter-{args.iter}-avg-{args.avg}{averaged}", files
     if args.epoch > 0:
         state, files = average_by_epoch(exp_dir, args.epoch, args.avg, args.use_averaged_model)
-        return state, f"epoch-{args.epoch}-avg-{args.avg}", files
+        return state, f"epoch-{args.epoch}-avg-{args.avg}{averaged}", files
     raise ValueError("give --epoch, --iter or --best-valid" + (" (or --checkpoint)" if hasattr(args, "checkpoint") else ""))
 
 
 def main(argv=None) -> Path:
     args = get_parser().parse_args(argv)
     state, name, files = select_weights(args)
-    output = args.output or args.exp_dir / f"{name}.pt"
+    # the file is named epoch-E-avg-A.pt either way (what recipes and icefall expect)
+    output = args.output or args.exp_dir / f"{name.removesuffix(AVERAGED_SUFFIX)}.pt"
     atomic_save({"model": state, "averaged_from": [str(f) for f in files],
                  "use_averaged_model": bool(args.use_averaged_model)}, output)
     logging.info(f"averaged {len(files)} files -> {output}")

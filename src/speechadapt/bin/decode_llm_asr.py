@@ -18,15 +18,14 @@ record per test set to exp_dir/results.jsonl.
 import argparse
 import logging
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Sequence
 
 import torch
 
-from speechadapt.bin.average_checkpoints import average_by_epoch, average_by_iter
+from speechadapt.bin.average_checkpoints import add_model_selection_arguments, select_weights
 from speechadapt.bin.train_llm_asr import check_inputs
 from speechadapt.decoding.results import Stopwatch, decode_dataloader, unseen_subset, write_decode_results
 from speechadapt.models.llm_asr_build import add_llm_asr_arguments, build_llm_asr_model, llm_asr_config_from_args
-from speechadapt.utils.args import str2bool
 from speechadapt.utils.log import setup_logger
 from speechadapt.utils.safe_load import safe_torch_load
 
@@ -36,10 +35,7 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp-dir", type=Path, required=True)
     p.add_argument("--checkpoint", type=Path, default=None, help="a file with a 'model' entry (overrides --epoch)")
-    p.add_argument("--epoch", type=int, default=0)
-    p.add_argument("--iter", type=int, default=0)
-    p.add_argument("--avg", type=int, default=1)
-    p.add_argument("--use-averaged-model", type=str2bool, default=False)
+    add_model_selection_arguments(p)
     p.add_argument("--decoding-method", choices=["greedy", "beam"], default="greedy")
     p.add_argument("--beam-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -51,23 +47,6 @@ def get_parser() -> argparse.ArgumentParser:
     add_llm_asr_arguments(p)
     AsrDataModule.add_arguments(p)
     return p
-
-
-def load_weights(args: argparse.Namespace) -> Tuple[Dict[str, torch.Tensor], str]:
-    """(trainable state dict, suffix naming where it came from)."""
-    if args.checkpoint is not None:
-        checkpoint = safe_torch_load(args.checkpoint)
-        if "model" not in checkpoint:
-            raise KeyError(f"{args.checkpoint}: no 'model' entry")
-        return checkpoint["model"], args.checkpoint.stem
-    averaged = "-use-averaged-model" if args.use_averaged_model else ""
-    if args.iter > 0:
-        state, _ = average_by_iter(args.exp_dir, args.iter, args.avg, args.use_averaged_model)
-        return state, f"iter-{args.iter}-avg-{args.avg}{averaged}"
-    if args.epoch > 0:
-        state, _ = average_by_epoch(args.exp_dir, args.epoch, args.avg, args.use_averaged_model)
-        return state, f"epoch-{args.epoch}-avg-{args.avg}{averaged}"
-    raise ValueError("give --checkpoint, --epoch or --iter")
 
 
 def warn_on_model_mismatch(args: argparse.Namespace, config) -> None:
@@ -96,7 +75,7 @@ def main(argv: Sequence[str] = None) -> Dict[str, float]:
     model = build_llm_asr_model(args.llm_dir, args.encoder_ckpt, args.encoder_preset, config,
                                 device=args.device, dtype=args.llm_dtype, pad_invariant=args.encoder_pad_invariant)
     warn_on_model_mismatch(args, config)
-    state, suffix = load_weights(args)
+    state, suffix, _ = select_weights(args)
     model.load_trainable_state_dict(state)
     model.eval()
     num_beams = 1 if args.decoding_method == "greedy" else args.beam_size

@@ -57,6 +57,15 @@ def read_stage_times(path: Path) -> List[List[str]]:
     return sorted(latest.values(), key=lambda r: (r[4], int(r[1]) if r[1].isdigit() else 0))
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_family_wers(tables, plot_dir: Path) -> List[Path]:
     import matplotlib
 
@@ -77,11 +86,7 @@ def plot_family_wers(tables, plot_dir: Path) -> List[Path]:
         ax.set_ylabel("WER (%)")
         ax.set_title(family)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = plot_dir / f"wer-{family}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, plot_dir / f"wer-{family}.png"))
     return paths
 
 
@@ -112,11 +117,7 @@ def plot_training_curves(exp_dir: Path, plot_dir: Path) -> List[Path]:
         name = "-".join(run.relative_to(exp_dir).parts).replace("tensorboard", "").strip("-") or "train"
         ax.set_title(f"training curve: {name}")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = plot_dir / f"curve-{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, plot_dir / f"curve-{name}.png"))
     return paths
 
 
