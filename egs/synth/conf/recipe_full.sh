@@ -6,15 +6,13 @@ vocab_size=500
 num_workers=1
 num_buckets=30
 average_period=50
-# Zipformer-CTC: ~190 updates an epoch at 100 s batches over 5.4 h of source audio.
+# Zipformer-CTC: ~195 updates an epoch at 100 s batches over 5.4 h of source audio.
 ctc_preset=tiny
 ctc_epochs=8
 ctc_avg=3
 ctc_max_duration=100
-ctc_updates=1700
 # second encoder for MoSE: same size, another seed, shorter
 ctc2_epochs=4
-ctc2_updates=850
 # LLM-ASR / MoSE
 lm_epochs=4
 lora_r=64

@@ -68,7 +68,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="mask padding in the front end and downsampling, so a batched utterance "
                         "decodes as it would alone (icefall's own model does not)")
     g.add_argument("--regularize", type=str2bool, default=True,
-                   help="false: no scheduled dropout / layer skipping / feature masking in training")
+                   help="false: no scheduled dropout / layer skipping / feature masking in "
+                        "training, and no warm-up floor on the bypass scales (short runs: "
+                        "see bench/ctc_convergence.py)")
     g.add_argument("--schedule-updates", type=float, default=0.0,
                    help="expected number of updates; > 0 rescales the Zipformer regularisation "
                         "schedules to end within it (0: icefall's batch counts)")
