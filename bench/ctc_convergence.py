@@ -24,14 +24,15 @@ from typing import Dict, List
 
 import torch
 
-from speechadapt.data.batch import batch_inputs
-from speechadapt.data.datamodule import AsrDataModule
-from speechadapt.decoding.ctc import ctc_greedy_texts, load_bpe, texts_to_ids
+from speechadapt.data.datamodule import AsrDataModule, DataConfig
 from speechadapt.decoding.results import decode_dataloader
 from speechadapt.decoding.scoring import compute_wer
 from speechadapt.models.ctc import ZipformerCtc
-from speechadapt.models.zipformer import get_preset, set_batch_count
-from speechadapt.training.optim import build_optimizer, build_scheduler
+from speechadapt.models.ctc_base import BpeTokenizer
+from speechadapt.models.zipformer import get_preset
+from speechadapt.training.optim import OptimizerConfig, build_optimizer
+from speechadapt.training.schedulers import SchedulerConfig, build_scheduler
+from speechadapt.utils.flags import add_dataclass_arguments, dataclass_from_args
 
 SETTINGS = {"specaug+reg": (True, True), "specaug": (True, False), "reg": (False, True),
             "none": (False, False)}
@@ -40,8 +41,11 @@ SETTINGS = {"specaug+reg": (True, True), "specaug": (True, False), "reg": (False
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    AsrDataModule.add_arguments(parser)
-    parser.set_defaults(max_duration=100.0, num_workers=0)
+    add_dataclass_arguments(parser, DataConfig, "data", defaults=dict(max_duration=100.0, num_workers=0,
+                                                                     cuts_prefix="synth"))
+    parser.add_argument("--train-split", default="source_train")
+    parser.add_argument("--valid-split", default="source_dev")
+    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--lang-dir", required=True)
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--settings", default="none,specaug+reg", help=f"from {sorted(SETTINGS)}")
@@ -53,47 +57,50 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 @torch.no_grad()
-def evaluate(model: ZipformerCtc, sp, valid_dl) -> Dict[str, float]:
+def evaluate(model: ZipformerCtc, valid_dl) -> Dict[str, float]:
     model.eval()
     loss, frames = 0.0, 0
     for batch in valid_dl:
-        x, lens, texts, _ = batch_inputs(batch, "cpu")
-        batch_loss, batch_frames = model.ctc_loss(x, lens, texts_to_ids(sp, texts))
-        loss, frames = loss + float(batch_loss), frames + batch_frames
-    results, _ = decode_dataloader(ctc_greedy_texts(model, sp), valid_dl, torch.device("cpu"))
+        batch_loss, info = model.compute_loss(batch)
+        loss, frames = loss + float(batch_loss), frames + info["frames"]
+    results, _ = decode_dataloader(model.transcribe, valid_dl)
     model.train()
     return {"valid_loss": loss / frames, "valid_wer": compute_wer(results)}
 
 
-def run_setting(args, name: str, sp, valid_dl) -> List[Dict[str, float]]:
+def run_setting(args, name: str, tokenizer, valid_dl) -> List[Dict[str, float]]:
     spec_aug, regularize = SETTINGS[name]
     args.enable_spec_aug = spec_aug
-    dm = AsrDataModule(args)
+    dm = AsrDataModule(dataclass_from_args(DataConfig, args), seed=args.seed)
     torch.manual_seed(args.seed)  # same initial weights and SpecAugment draws per setting
-    model = ZipformerCtc(get_preset(args.preset, regularize=regularize), sp.get_piece_size())
-    optimizer = build_optimizer(model.parameters(), "scaled_adam", args.base_lr)
-    scheduler = build_scheduler(optimizer, "eden")
+    model = ZipformerCtc(get_preset(args.preset, regularize=regularize), tokenizer.vocab_size, tokenizer=tokenizer)
+    optimizer = build_optimizer(model.named_parameters(), OptimizerConfig(base_lr=args.base_lr))
+    scheduler = build_scheduler(optimizer, SchedulerConfig())
     model.train()
     curve, step, epoch, start = [], 0, 0, time.perf_counter()
     while step < args.updates:
-        train_dl = dm.train_dataloaders(dm.load_cuts("source_train"))
+        train_dl = dm.train_dataloaders(dm.load_cuts(args.train_split))
         train_dl.sampler.set_epoch(epoch)
+        batches = 0
         for batch in train_dl:
-            set_batch_count(model, step)
-            x, lens, texts, _ = batch_inputs(batch, "cpu")
-            loss, frames = model.ctc_loss(x, lens, texts_to_ids(sp, texts))
-            (loss / frames).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            batches += 1
+            model.set_batch_count(step)
+            def loss_fn(grad_enabled=True):
+                loss, info = model.compute_loss(batch)
+                return loss / info["frames"]
+
+            loss = optimizer.step(loss_fn)
             step += 1
             scheduler.step_batch(step)
             if step % args.eval_every == 0 or step == args.updates:
-                point = {"updates": step, "train_loss": loss.item() / frames,
+                point = {"updates": step, "train_loss": loss,
                          "seconds": round(time.perf_counter() - start, 1)}
-                point.update(evaluate(model, sp, valid_dl))
+                point.update(evaluate(model, valid_dl))
                 curve.append(point)
             if step == args.updates:
                 break
+        if batches == 0:
+            raise SystemExit("the training loader yielded no batch: lower --max-duration or --num-buckets")
         epoch += 1
     return curve
 
@@ -105,13 +112,13 @@ def main() -> None:
     unknown = [s for s in names if s not in SETTINGS]
     if unknown:
         raise SystemExit(f"unknown settings {unknown}; choose from {sorted(SETTINGS)}")
-    sp = load_bpe(args.lang_dir)
-    dm = AsrDataModule(args)
-    valid_dl = dm.valid_dataloaders(dm.load_cuts("source_dev"))
+    tokenizer = BpeTokenizer.from_lang_dir(args.lang_dir)
+    dm = AsrDataModule(dataclass_from_args(DataConfig, args), seed=args.seed)
+    valid_dl = dm.valid_dataloaders(dm.load_cuts(args.valid_split))
     report = {"preset": args.preset, "max_duration": args.max_duration, "base_lr": args.base_lr,
               "threads": args.threads, "curves": {}}
     for name in names:
-        report["curves"][name] = run_setting(args, name, sp, valid_dl)
+        report["curves"][name] = run_setting(args, name, tokenizer, valid_dl)
     print(json.dumps(report))
     print(f"\n{'setting':<12} {'updates':>7} {'dev loss/frame':>15} {'dev WER %':>10} {'seconds':>8}")
     for name, curve in report["curves"].items():

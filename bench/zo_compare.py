@@ -26,12 +26,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from speechadapt.adapt.optimizers import build_optimizer
+from speechadapt.training.optim import OptimizerConfig, build_optimizer
 
 METHODS = {
-    "mezo": dict(name="mezo"),
-    "zo-asr(q=4)": dict(name="zo-asr", num_queries=4),
-    "hizoo": dict(name="hizoo"),
+    "mezo": dict(optimizer="mezo"),
+    "zo-asr(q=4)": dict(optimizer="zo-asr", zo_num_queries=4),
+    "hizoo": dict(optimizer="hizoo"),
 }
 LR_GRID = [10.0 ** (k / 2) for k in range(-10, 3)]  # 1e-5 ... 10, half decades
 
@@ -66,8 +66,7 @@ def final_loss(task: Callable, method: Dict, lr: float, seed: int, budget: int) 
     model, loss_fn = task(seed)
     with torch.inference_mode():
         initial = float(loss_fn())
-    settings = dict(method)
-    opt = build_optimizer(settings.pop("name"), model.parameters(), lr=lr, seed=seed, **settings)
+    opt = build_optimizer(model.named_parameters(), OptimizerConfig(base_lr=lr, zo_seed=seed, **method))
     per_step = opt.forwards_per_step
     for _ in range(budget // per_step):
         loss = opt.step(loss_fn)

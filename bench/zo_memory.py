@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from speechadapt.adapt.optimizers import build_optimizer  # imported before any baseline
+from speechadapt.training.optim import OptimizerConfig, build_optimizer  # imported before any baseline
 
 MODELS = ("whisper-tiny-shapes", "zipformer-ctc")
 WHISPER_TINY_SHAPES = dict(
@@ -150,11 +150,12 @@ def run_work(mode: str, model, loss_fn, num_queries: int) -> int:
         return forwards
     if mode in ("zo", "zo-hizoo"):
         name = "hizoo" if mode == "zo-hizoo" else "zo-asr"
-        opt = build_optimizer(name, model.parameters(), lr=1e-6, num_queries=num_queries)
+        opt = build_optimizer(model.named_parameters(), OptimizerConfig(optimizer=name, base_lr=1e-6,
+                                                                        zo_num_queries=num_queries))
         opt.step(loss_fn)
         return opt.forwards_per_step
     if mode == "adamw":
-        opt = build_optimizer("adamw", model.parameters(), lr=1e-6)
+        opt = build_optimizer(model.named_parameters(), OptimizerConfig(optimizer="adamw", base_lr=1e-6))
         opt.step(loss_fn)
         return 1
     raise ValueError(f"unknown mode {mode!r}")
@@ -165,7 +166,7 @@ def preload_optimizer_modules() -> None:
     pay that before the baseline, it is not working memory of either algorithm."""
     dummy = torch.nn.Parameter(torch.zeros(4))
     for name in ("mezo", "adamw"):
-        build_optimizer(name, [dummy], lr=0.0)
+        build_optimizer([("dummy", dummy)], OptimizerConfig(optimizer=name, base_lr=0.0))
 
 
 def child(args: argparse.Namespace) -> None:

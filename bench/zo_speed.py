@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from zo_memory import MODELS, build_case  # noqa: E402  (one definition of the bench cases)
 
-from speechadapt.adapt.optimizers import build_optimizer  # noqa: E402
+from speechadapt.training.optim import OptimizerConfig, build_optimizer  # noqa: E402
 
 
 def timed(fn, clock) -> float:
@@ -39,7 +39,8 @@ def timed(fn, clock) -> float:
 
 def measure(args: argparse.Namespace, model_name: str) -> dict:
     model, loss_fn = build_case(model_name, args.batch, args.seconds, args.device)
-    opt = build_optimizer(args.optimizer, model.parameters(), lr=1e-7, num_queries=args.num_queries)
+    opt = build_optimizer(model.named_parameters(), OptimizerConfig(optimizer=args.optimizer, base_lr=1e-7,
+                                                                    zo_num_queries=args.num_queries))
     forwards = opt.forwards_per_step
     # On a shared CPU wall time follows the neighbours; with one thread the process's
     # CPU time measures our own work. On a GPU only wall time means anything.

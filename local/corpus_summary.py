@@ -1,35 +1,42 @@
 #!/usr/bin/env python3
 """Stage: print (and save as JSON) the split summary of the fbank cuts.
 
-    python local/corpus_summary.py --fbank-dir data/fbank --out data/corpus_summary.json
+    python local/corpus_summary.py --fbank-dir data/fbank --prefix synth --splits train,test \
+        --out data/corpus_summary.json
 """
 
 import argparse
 import json
-from pathlib import Path
 
 from lhotse import load_manifest_lazy
 
 from speechadapt.data.features import fbank_cuts_path
+from speechadapt.data.prep_utils import comma_list
 from speechadapt.data.summary import format_table, summarise_cuts
-from speechadapt.data.synth import ALL_SPLITS
+from speechadapt.utils.flags import parse_args
+from speechadapt.utils.io import atomic_write_text
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fbank-dir", default="data/fbank")
-    parser.add_argument("--splits", default=",".join(ALL_SPLITS))
+    parser.add_argument("--prefix", required=True, help="corpus name in the manifest file names")
+    parser.add_argument("--splits", type=comma_list, required=True, help="comma-separated split names")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None) -> None:
+    args = parse_args(get_parser(), argv, entry_point="corpus_summary")
     rows = []
-    for split in [s for s in args.splits.split(",") if s]:
-        path = fbank_cuts_path(args.fbank_dir, split)
+    for split in args.splits:
+        path = fbank_cuts_path(args.fbank_dir, split, args.prefix)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: run the fbank stages first")
         rows.append(summarise_cuts(split, load_manifest_lazy(path)))
     print(format_table(rows))
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(json.dumps(rows, indent=1) + "\n", args.out)
 
 
 if __name__ == "__main__":

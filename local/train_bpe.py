@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Stage: sentencepiece BPE (unigram) model and token table from the training text.
 
-    python local/train_bpe.py --manifest-dir data/manifests --lang-dir data/lang_bpe_500 --vocab-size 500
+    python local/train_bpe.py --manifest-dir data/manifests --prefix synth --train-split source_train \
+        --lang-dir data/lang_bpe_500 --vocab-size 500
 
-Reads the transcripts of ``--train-split`` (source_train; never dev/test/target text),
+Reads the transcripts of ``--train-split`` (the training text only; never dev, test or
+target text),
 writes ``bpe.model``, ``tokens.txt`` and ``transcript_words.txt`` into ``--lang-dir``.
 A vocabulary larger than the text supports is an error that names the largest size.
 """
 
 import argparse
-import logging
 import time
 from pathlib import Path
 
@@ -17,13 +18,15 @@ from lhotse import load_manifest_lazy
 
 from speechadapt.data.bpe import prepare_lang_bpe
 from speechadapt.data.manifests import manifest_paths
-from speechadapt.data.prep_utils import is_done, mark_done, setup_stage_logging
+from speechadapt.data.prep_utils import file_stamp, is_done, mark_done, setup_stage_logging
+from speechadapt.utils.flags import parse_args
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest-dir", default="data/manifests")
-    parser.add_argument("--train-split", default="source_train")
+    parser.add_argument("--prefix", required=True, help="corpus name in the manifest file names")
+    parser.add_argument("--train-split", required=True, help="the split whose text trains the model")
     parser.add_argument("--lang-dir", required=True)
     parser.add_argument("--vocab-size", type=int, required=True)
     parser.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
@@ -31,14 +34,14 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
+def main(argv=None) -> None:
     setup_stage_logging()
-    args = get_parser().parse_args()
+    args = parse_args(get_parser(), argv, entry_point="train_bpe")
     start = time.time()
-    source = manifest_paths(args.manifest_dir, args.train_split)["supervisions"]
+    source = manifest_paths(args.manifest_dir, args.train_split, args.prefix)["supervisions"]
     if not source.is_file():
         raise FileNotFoundError(f"{source} does not exist: run the manifest stage first")
-    settings = {"source": str(source), "mtime": source.stat().st_mtime,
+    settings = {"source": file_stamp(source),
                 "vocab_size": args.vocab_size, "model_type": args.model_type}
     if is_done(args.lang_dir, "bpe", settings) and not args.force:
         print(f"{args.lang_dir}: bpe model up to date")

@@ -131,29 +131,29 @@ def test_corpus_voices_disjoint_and_audio_at_16k(corpus):
 def manifests(corpus, tmp_path_factory):
     root, rows, _ = corpus
     out = tmp_path_factory.mktemp("manifests")
-    cuts = {s: write_split_manifests(rows[s], s, out) for s in ("source_train", "target_test")}
-    cuts[NOISE_SPLIT] = write_noise_manifests(rows[NOISE_SPLIT], out)
+    cuts = {s: write_split_manifests(rows[s], s, out, "synth") for s in ("source_train", "target_test")}
+    cuts[NOISE_SPLIT] = write_noise_manifests(rows[NOISE_SPLIT], out, "synth", NOISE_SPLIT)
     return out, cuts
 
 
 def test_manifests_validate_and_carry_custom_fields(manifests):
     out, cuts = manifests
     for split in ("source_train", "target_test"):
-        paths = manifest_paths(out, split)
+        paths = manifest_paths(out, split, "synth")
         assert all(p.is_file() for p in paths.values())
         loaded = load_manifest(paths["cuts"])
         validate(loaded, read_data=True)
         cut = loaded[0]
         assert set(CUT_FIELDS) <= set(cut.custom)
         assert cut.id == cut.recording_id and cut.supervisions[0].text
-    assert load_manifest(manifest_paths(out, "target_test")["cuts"])[0].domain == "target"
+    assert load_manifest(manifest_paths(out, "target_test", "synth")["cuts"])[0].domain == "target"
     assert all(c.noise_type in ("white", "pink", "babble") for c in cuts[NOISE_SPLIT])
 
 
 def test_fbank_shapes_match_durations(manifests, tmp_path):
     _, cuts = manifests
     subset = cuts["source_train"].subset(first=4)
-    feats = featurise_split(subset, tmp_path, "source_train", num_jobs=1, speed_perturb=True)
+    feats = featurise_split(subset, tmp_path, "source_train", "synth", num_jobs=1, speed_perturb=True)
     assert len(feats) == 12  # originals + 0.9 + 1.1
     for cut in feats:
         matrix = cut.load_features()

@@ -1,22 +1,27 @@
 """Shared decoding: padding duplicates dropped, unseen subsets, result files and records."""
 
+import pytest
 import torch
 from lhotse.testing.dummies import dummy_cut
 
+from speechadapt.data.batch import SpeechBatch
 from speechadapt.decoding.results import decode_dataloader, unseen_subset, write_decode_results
 from speechadapt.decoding.scoring import read_results
 
 
-def _batch(ids, texts):
-    return {"features": torch.zeros(len(ids), 8, 80), "features_lens": torch.full((len(ids),), 8),
-            "texts": texts, "cut_ids": ids}
+def _batch(ids, texts, kind="fbank"):
+    inputs = torch.zeros(len(ids), 8, 80) if kind == "fbank" else torch.zeros(len(ids), 1600)
+    return SpeechBatch(inputs, torch.full((len(ids),), inputs.shape[1]), texts, ids, [0.5] * len(ids), kind)
 
 
-def test_decode_dataloader_drops_padding_duplicates_and_normalises():
-    batches = [_batch(["a", "b"], ["Turn ON", "stop"]), _batch(["a_dup0"], ["Turn ON"])]
-    results, audio_s = decode_dataloader(lambda x, lens: ["turn on"] * x.size(0), batches, "cpu")
+@pytest.mark.parametrize("kind", ["fbank", "waveform"])
+def test_decode_dataloader_drops_padding_duplicates_and_normalises(kind):
+    batches = [_batch(["a", "b"], ["Turn ON", "stop"], kind), _batch(["a_dup0"], ["Turn ON"], kind)]
+    results, audio_s = decode_dataloader(lambda batch: ["turn on"] * len(batch), batches)
     assert results == [("a", ["turn", "on"], ["turn", "on"]), ("b", ["stop"], ["turn", "on"])]
-    assert audio_s == 2 * 8 * 0.01
+    assert audio_s == 2 * 0.5  # durations, whatever the input; the duplicate is not counted
+    with pytest.raises(ValueError, match="1 hypotheses for a batch of 2"):
+        decode_dataloader(lambda batch: ["x"], batches)
 
 
 def test_unseen_subset_only_when_some_sentences_were_seen():

@@ -10,8 +10,10 @@ import torch
 
 from speechadapt.training.dist import cleanup_dist, launch, setup_dist
 from speechadapt.training.loop import Trainer
+from speechadapt.training.optim import OptimizerConfig
 from speechadapt.training.options import TrainingConfig
-from speechadapt.training.toy import ToyLoss, ToyModel, collate_cuts, concat_batches, make_toy_cuts
+from speechadapt.training.schedulers import SchedulerConfig
+from speechadapt.training.toy import ToyModel, collate_cuts, concat_batches, make_toy_cuts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,14 +25,15 @@ def make_batches(num_cuts, per_batch):
 
 
 def config(exp_dir):
-    return TrainingConfig(exp_dir=str(exp_dir), num_epochs=1, optimizer="adamw", scheduler="constant",
-                          base_lr=0.01, save_every_n=2, keep_last_k=0, average_period=2, valid_interval=2,
-                          log_interval=1, tensorboard=False, seed=5)
+    return TrainingConfig(exp_dir=str(exp_dir), num_epochs=1, save_every_n=2, keep_last_k=0, average_period=2,
+                          valid_interval=2, log_interval=1, tensorboard=False, seed=5)
 
 
 def train(exp_dir, train_batches, valid_batches, dist_info=None):
     torch.manual_seed(0)
-    trainer = Trainer(config(exp_dir), ToyModel(), ToyLoss(None), train_batches, valid_batches, dist_info)
+    trainer = Trainer(config(exp_dir), ToyModel(), train_batches, valid_batches, dist_info,
+                      optimizer_config=OptimizerConfig(optimizer="adamw", base_lr=0.01),
+                      scheduler_config=SchedulerConfig(scheduler="constant"))
     trainer.fit()
     return trainer
 
@@ -73,10 +76,14 @@ def test_torchrun_smoke(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "speechadapt.training.toy", "--exp-dir", str(tmp_path), "--num-epochs", "1",
-           "--max-duration", "2", "--tensorboard", "false", "--num-cuts", "12", "--valid-interval", "0"]
+           "--max-duration", "2", "--tensorboard", "false", "--num-cuts", "12", "--valid-interval", "0",
+           "--log-interval", "1"]
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(tmp_path / "epoch-1.pt", weights_only=True)
     assert saved["params"]["world_size"] == 2 and saved["batch_idx_train"] > 0
     logs = sorted(p.name.rsplit("-", 1)[-1] for p in (tmp_path / "log").glob("log-train-*"))
     assert logs == ["0", "1"]
+    # No terminal: rank 0 logs progress lines (throughput) for the batch job's log file.
+    rank0 = next((tmp_path / "log").glob("log-train-*-0")).read_text()
+    assert "batch/s" in rank0 and "frames/s" in rank0

@@ -1,19 +1,21 @@
 """LLM-ASR through the shared training loop: frozen encoder, adapter-only checkpoints,
-the missing --llm-dir message, and the text pre-training stage."""
+MoSE under DDP, and the text pre-training stage (on the same loop)."""
 
 import json
 
 import pytest
 import torch
 
-from speechadapt.bin import pretrain_text_lm, train_llm_asr
-from speechadapt.bin.train_llm_asr import LlmAsrLoss
+from speechadapt.bin import pretrain_text_lm
+from speechadapt.data.batch import SpeechBatch
 from speechadapt.models.hf.fixtures import make_tiny_qwen2
 from speechadapt.models.llm_asr import LlmAsrConfig, LlmAsrModel
 from speechadapt.models.llm_asr_build import load_frozen_encoder, load_llm_for_asr
 from speechadapt.models.zipformer import ZipformerEncoder, get_preset
 from speechadapt.training.loop import Trainer
+from speechadapt.training.optim import OptimizerConfig
 from speechadapt.training.options import TrainingConfig
+from speechadapt.training.schedulers import SchedulerConfig
 from speechadapt.utils.safe_load import safe_torch_load
 
 TEXTS = ["turn on the lights", "call alice", "play some music now", "open the door", "set an alarm"]
@@ -26,14 +28,20 @@ def llm_dir(tmp_path_factory):
                            hidden_size=64, intermediate_size=128)
 
 
-def make_batches(num: int, seed: int):
+def make_batches(num: int, seed: int, size: int = 2):
     g = torch.Generator().manual_seed(seed)
     batches = []
     for i in range(num):
-        lens = torch.tensor([90, 70 - 5 * (i % 3)])
-        batches.append({"features": torch.randn(2, 90, 80, generator=g), "features_lens": lens,
-                        "texts": [TEXTS[i % 5], TEXTS[(i + 2) % 5]]})
+        lens = torch.tensor([90, 70 - 5 * (i % 3)])[:size]
+        texts = [TEXTS[i % 5], TEXTS[(i + 2) % 5]][:size]
+        batches.append(SpeechBatch(torch.randn(2, 90, 80, generator=g)[:size], lens, texts,
+                                   [f"u{i}-{j}" for j in range(size)], [0.9, 0.7][:size]))
     return batches
+
+
+def adamw(lr, scheduler="constant", **changes):
+    return dict(optimizer_config=OptimizerConfig(optimizer="adamw", base_lr=lr),
+                scheduler_config=SchedulerConfig(scheduler=scheduler, **changes))
 
 
 def test_encoder_frozen_and_in_eval_after_epoch_with_validation(llm_dir, tmp_path):
@@ -45,10 +53,9 @@ def test_encoder_frozen_and_in_eval_after_epoch_with_validation(llm_dir, tmp_pat
     base_before = {n: p.detach().clone() for n, p in model.llm.named_parameters() if "lora_" not in n}
     seen = []  # (encoder.training, grad enabled) at every encoder call
     encoder.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
-    config = TrainingConfig(exp_dir=str(tmp_path), num_epochs=2, optimizer="adamw", base_lr=5e-3,
-                            scheduler="constant", valid_interval=2, average_period=1, save_every_n=0,
+    config = TrainingConfig(exp_dir=str(tmp_path), num_epochs=2, valid_interval=2, average_period=1, save_every_n=0,
                             tensorboard=False, log_interval=1, save_trainable_only=True)
-    trainer = Trainer(config, model, LlmAsrLoss(), make_batches(4, 0), make_batches(2, 1))
+    trainer = Trainer(config, model, make_batches(4, 0), make_batches(2, 1), **adamw(5e-3))
     params = trainer.fit()
     assert params["batch_idx_train"] == 8 and params["valid_loss"] < float("inf")
     assert len(seen) == 8 + 2 * 2 * 2 + 2 * 2  # training + mid-epoch validations + epoch-end ones
@@ -77,10 +84,9 @@ def _train(llm_dir, exp_dir, num_epochs, start_epoch=1):
     llm, tokenizer = load_llm_for_asr(llm_dir)
     model = LlmAsrModel([encoder], llm, tokenizer, LlmAsrConfig(lora_r=4, lora_alpha=8))
     config = TrainingConfig(exp_dir=str(exp_dir), num_epochs=num_epochs, start_epoch=start_epoch,
-                            optimizer="adamw", base_lr=5e-3, scheduler="eden", warmup_batches=2,
                             valid_interval=0, average_period=2, save_every_n=0, tensorboard=False,
                             save_trainable_only=True)
-    Trainer(config, model, LlmAsrLoss(), make_batches(3, 0), make_batches(1, 1)).fit()
+    Trainer(config, model, make_batches(3, 0), make_batches(1, 1), **adamw(5e-3, "eden", warmup_batches=2)).fit()
     return model.trainable_state_dict()
 
 
@@ -112,17 +118,6 @@ def test_encoder_checkpoint_loads_strictly(tmp_path):
         load_frozen_encoder(tmp_path / "epoch-3-avg-2.pt", "small")
 
 
-def test_missing_llm_dir_gives_the_clear_message(tmp_path):
-    ckpt = tmp_path / "enc.pt"
-    ckpt.write_bytes(b"")
-    with pytest.raises(SystemExit) as exc:
-        train_llm_asr.main(["--exp-dir", str(tmp_path / "exp"), "--llm-dir", str(tmp_path / "no_such_llm"),
-                            "--encoder-ckpt", str(ckpt)])
-    message = str(exc.value)
-    assert "no_such_llm" in message and "does not exist" in message
-    assert "Qwen/Qwen2-1.5B-Instruct" in message and "--llm-dir" in message
-
-
 def test_text_pretraining_beats_unigram(tmp_path):
     from speechadapt.data.grammar import unique_sentences
 
@@ -133,9 +128,13 @@ def test_text_pretraining_beats_unigram(tmp_path):
     report = pretrain_text_lm.main_report([
         "--train-text", str(tmp_path / "train.txt"), "--valid-text", str(tmp_path / "valid.txt"),
         "--out-dir", str(out), "--num-epochs", "3", "--hidden-size", "64", "--intermediate-size", "128",
-        "--tokenizer-vocab-size", "300", "--batch-size", "16", "--lr", "5e-3"])
+        "--tokenizer-vocab-size", "300", "--batch-size", "16", "--base-lr", "5e-3",
+        "--exp-dir", str(tmp_path / "lm-exp"), "--tensorboard", "false"])
     assert report["valid_perplexity"] < report["unigram_perplexity"] < report["valid_perplexity_before_training"]
     assert json.loads((out / "pretrain_report.json").read_text()) == report
+    # trained through the project's loop: its checkpoints, in icefall's layout
+    saved = safe_torch_load(tmp_path / "lm-exp" / "epoch-3.pt")
+    assert saved["params"]["batch_idx_train"] == 3 * 14 and "lm.model.embed_tokens.weight" in saved["model"]
     llm, tokenizer = load_llm_for_asr(out)  # usable as --llm-dir
     assert tokenizer.convert_tokens_to_ids("<speech>") is not None
     # An untrained LM does not beat the baseline: the stage fails and leaves no model behind.
@@ -143,7 +142,7 @@ def test_text_pretraining_beats_unigram(tmp_path):
         pretrain_text_lm.main_report([
             "--train-text", str(tmp_path / "train.txt"), "--valid-text", str(tmp_path / "valid.txt"),
             "--out-dir", str(tmp_path / "lm0"), "--num-epochs", "0", "--hidden-size", "32",
-            "--intermediate-size", "64", "--tokenizer-vocab-size", "300"])
+            "--intermediate-size", "64", "--tokenizer-vocab-size", "300", "--exp-dir", str(tmp_path / "lm0-exp")])
     assert not (tmp_path / "lm0").exists() and not (tmp_path / "lm0.partial").exists()
 
 
@@ -163,11 +162,9 @@ def _mose_ddp_worker(rank, world_size, llm_dir, out_dir):
     llm, tokenizer = load_llm_for_asr(llm_dir)
     model = LlmAsrModel(encoders, llm, tokenizer, LlmAsrConfig(lora_r=4, lora_alpha=8, mose_slot_dropout=0.5))
     initial = {k: v.clone() for k, v in model.trainable_state_dict().items()}
-    config = TrainingConfig(exp_dir=str(out_dir), num_epochs=1, optimizer="adamw", base_lr=5e-3,
-                            scheduler="constant", valid_interval=0, average_period=1, save_every_n=0,
+    config = TrainingConfig(exp_dir=str(out_dir), num_epochs=1, valid_interval=0, average_period=1, save_every_n=0,
                             tensorboard=False, log_interval=1, save_trainable_only=True)
-    batches = [{k: v[:1] for k, v in b.items()} for b in make_batches(6, rank)]
-    Trainer(config, model, LlmAsrLoss(), batches, None, dist_info).fit()
+    Trainer(config, model, make_batches(6, rank, size=1), None, dist_info, **adamw(5e-3)).fit()
     torch.save({"initial": initial, "final": model.trainable_state_dict()}, out_dir / f"rank{rank}.pt")
     cleanup_dist()
 

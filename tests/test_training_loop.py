@@ -8,9 +8,10 @@ import torch
 
 from speechadapt.training.checkpoint import load_checkpoint
 from speechadapt.training.loop import NonFiniteLossError, Trainer
+from speechadapt.training.optim import OptimizerConfig
 from speechadapt.training.options import TrainingConfig
-from speechadapt.training.toy import (ToyLoss, ToyModel, collate_cuts, make_spec_augment, make_toy_cuts,
-                                      make_toy_dataloader)
+from speechadapt.training.schedulers import SchedulerConfig
+from speechadapt.training.toy import ToyModel, collate_cuts, make_spec_augment, make_toy_cuts, make_toy_dataloader
 from speechadapt.utils.safe_load import safe_torch_load
 
 torch.set_num_threads(1)
@@ -21,11 +22,16 @@ class Interrupt(Exception):
 
 
 def make_config(exp_dir, **changes):
-    values = dict(exp_dir=str(exp_dir), num_epochs=2, max_duration=2.0, seed=7, base_lr=0.04,
-                  save_every_n=5, keep_last_k=0, average_period=3, valid_interval=4, log_interval=2,
-                  tensorboard=False, warmup_batches=4)
+    values = dict(exp_dir=str(exp_dir), num_epochs=2, seed=7, save_every_n=5, keep_last_k=0, average_period=3,
+                  valid_interval=4, log_interval=2, tensorboard=False)
     values.update(changes)
     return TrainingConfig(**values)
+
+
+def make_trainer(config, model, train_dl, valid_dl=None, optimizer="scaled_adam", lr=0.04, scheduler="eden",
+                 **kwargs):
+    return Trainer(config, model, train_dl, valid_dl, optimizer_config=OptimizerConfig(optimizer=optimizer, base_lr=lr),
+                   scheduler_config=SchedulerConfig(scheduler=scheduler, warmup_batches=4, total_steps=7), **kwargs)
 
 
 def lhotse_loaders():
@@ -51,12 +57,11 @@ def plain_loaders():
     return train, valid
 
 
-def train(config, loaders=lhotse_loaders, batch_hooks=(), loss_fn=None):
+def train(config, loaders=lhotse_loaders, batch_hooks=(), spec_augment=True, **optim):
     torch.manual_seed(0)
-    model = ToyModel()
+    model = ToyModel(spec_augment=make_spec_augment() if spec_augment else None)
     train_dl, valid_dl = loaders()
-    trainer = Trainer(config, model, loss_fn or ToyLoss(make_spec_augment()), train_dl, valid_dl,
-                      batch_hooks=list(batch_hooks))
+    trainer = make_trainer(config, model, train_dl, valid_dl, batch_hooks=list(batch_hooks), **optim)
     trainer.fit()
     return trainer
 
@@ -98,9 +103,10 @@ def test_resume_mid_epoch_with_start_batch_is_exact(tmp_path, loaders):
     assert not (tmp_path / "b" / "epoch-1.pt").exists()
     resumed = train(make_config(tmp_path / "b", start_batch=5), loaders)
     assert_same_params(straight, resumed)
-    # The untouched trainer parts match too: optimiser moments and the schedule.
+    # The untouched trainer parts match too: optimiser moments, step counters and the schedule.
     opt_a = straight.optimizer.state_dict()["state"]
     opt_b = resumed.optimizer.state_dict()["state"]
+    assert straight.optimizer.num_forwards == resumed.optimizer.num_forwards == straight.params["batch_idx_train"]
     for i in opt_a:
         assert torch.equal(opt_a[i]["exp_avg_sq"], opt_b[i]["exp_avg_sq"])
     assert straight.scheduler.get_last_lr() == resumed.scheduler.get_last_lr()
@@ -109,7 +115,7 @@ def test_resume_mid_epoch_with_start_batch_is_exact(tmp_path, loaders):
 def test_spec_augment_randomness_matters_for_resume(tmp_path):
     """Guard against a vacuous resume test: SpecAugment does change the outcome."""
     with_aug = train(make_config(tmp_path / "a", num_epochs=1))
-    without = train(make_config(tmp_path / "b", num_epochs=1), loss_fn=ToyLoss(None))
+    without = train(make_config(tmp_path / "b", num_epochs=1), spec_augment=False)
     diffs = [not torch.equal(p, q) for p, q in zip(with_aug.model.parameters(), without.model.parameters())]
     assert any(diffs)
 
@@ -128,38 +134,39 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
     assert math.isfinite(ckpt["params"]["valid_loss"])
 
 
-def test_nonfinite_guard_skips_poisoned_batch(tmp_path, caplog):
-    base = ToyLoss(None)
+class PoisonedToy(ToyModel):
+    """The toy model whose training loss turns non-finite at the given global batches."""
 
-    def poisoned(model, batch, is_training):
-        loss, info = base(model, batch, is_training)
-        if is_training and trainer_ref[0].params["batch_idx_train"] == 3:
-            loss = loss * float("nan")
+    def __init__(self, bad_batches, value=float("nan")):
+        super().__init__()
+        self.bad_batches, self.value = set(bad_batches), value
+
+    def compute_loss(self, batch):
+        loss, info = super().compute_loss(batch)
+        if self.training and (self.batch_count in self.bad_batches or "all" in self.bad_batches):
+            loss = loss * self.value
         return loss, info
 
-    trainer_ref = []
+
+def test_nonfinite_guard_skips_poisoned_batch(tmp_path, caplog):
     torch.manual_seed(0)
     train_dl, valid_dl = lhotse_loaders()
-    trainer = Trainer(make_config(tmp_path, num_epochs=1, optimizer="adamw", base_lr=1e-2),
-                      ToyModel(), poisoned, train_dl, valid_dl)
-    trainer_ref.append(trainer)
+    trainer = make_trainer(make_config(tmp_path, num_epochs=1), PoisonedToy({3}), train_dl, valid_dl,
+                           optimizer="adamw", lr=1e-2)
     with caplog.at_level(logging.WARNING):
         trainer.fit()
     assert trainer.params["num_bad_batches"] == 1
     assert "batch 3: non-finite loss" in caplog.text
     steps = {int(s["step"]) for s in trainer.optimizer.state_dict()["state"].values()}
     assert steps == {trainer.params["batch_idx_train"] - 1}
+    assert trainer.optimizer.num_skipped == 1 and trainer.optimizer.num_backwards == steps.pop()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
 def test_nonfinite_guard_stops_after_too_many(tmp_path):
-    def always_nan(model, batch, is_training):
-        loss, info = ToyLoss(None)(model, batch, is_training)
-        return loss * float("inf"), info
-
     torch.manual_seed(0)
     train_dl, _ = lhotse_loaders()
-    trainer = Trainer(make_config(tmp_path, max_bad_batches=3), ToyModel(), always_nan, train_dl)
+    trainer = make_trainer(make_config(tmp_path, max_bad_batches=3), PoisonedToy({"all"}, float("inf")), train_dl)
     with pytest.raises(NonFiniteLossError):
         trainer.fit()
     assert trainer.params["batch_idx_train"] == 3
@@ -171,20 +178,20 @@ def test_freeze_pattern_and_batch_count_hook(tmp_path):
     before = model.encoder.weight.detach().clone()
     train_dl, valid_dl = lhotse_loaders()
     seen = []
-    trainer = Trainer(make_config(tmp_path, num_epochs=1, freeze_pattern=[r"^encoder\."], optimizer="adamw"),
-                      model, ToyLoss(None), train_dl, valid_dl, batch_hooks=[lambda t: seen.append(t.model.batch_count)])
+    trainer = make_trainer(make_config(tmp_path, num_epochs=1, freeze_pattern=[r"^encoder\."]), model, train_dl,
+                           valid_dl, optimizer="adamw", batch_hooks=[lambda t: seen.append(t.model.batch_count)])
     trainer.fit()
     assert torch.equal(model.encoder.weight, before)
     assert not model.encoder.weight.requires_grad and model.output.weight.requires_grad
     assert seen == list(range(1, trainer.params["batch_idx_train"] + 1))
     with pytest.raises(ValueError, match="matched no parameter"):
-        Trainer(make_config(tmp_path, freeze_pattern=["nope"]), ToyModel(), ToyLoss(None), train_dl)
+        make_trainer(make_config(tmp_path, freeze_pattern=["nope"]), ToyModel(), train_dl)
 
 
 def test_amp_flags_are_noops_on_cpu(tmp_path, caplog):
     train_dl, _ = lhotse_loaders()
     with caplog.at_level(logging.INFO):
-        trainer = Trainer(make_config(tmp_path, use_bf16=True), ToyModel(), ToyLoss(None), train_dl)
+        trainer = make_trainer(make_config(tmp_path, use_bf16=True), ToyModel(), train_dl)
     assert trainer.amp_dtype is None and not trainer.grad_scaler.is_enabled()
     assert "ignored, training in float32" in caplog.text
     with pytest.raises(ValueError, match="one of --use-fp16"):
@@ -211,8 +218,8 @@ def test_running_average_matches_weighted_snapshots(tmp_path):
 
 
 def test_tensorboard_and_tri_stage(tmp_path):
-    trainer = train(make_config(tmp_path, num_epochs=1, tensorboard=True, scheduler="tri_stage",
-                                total_steps=7, optimizer="adamw", base_lr=1e-2))
+    trainer = train(make_config(tmp_path, num_epochs=1, tensorboard=True), optimizer="adamw", lr=1e-2,
+                    scheduler="tri_stage")
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     # tri-stage: after 7 of 7 steps the lr has decayed to final_lr_scale * base.
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(1e-2 * 0.05)
@@ -225,11 +232,17 @@ def test_amp_on_cuda(tmp_path, flag):
 
     train_dl, valid_dl = lhotse_loaders()
     torch.manual_seed(0)
-    trainer = Trainer(make_config(tmp_path, num_epochs=1, **{flag: True}), ToyModel(), ToyLoss(None),
-                      train_dl, valid_dl, setup_dist())
+    trainer = make_trainer(make_config(tmp_path, num_epochs=1, **{flag: True}), ToyModel(), train_dl,
+                           valid_dl, dist_info=setup_dist())
     trainer.fit()
     assert trainer.amp_dtype == (torch.float16 if flag == "use_fp16" else torch.bfloat16)
     assert trainer.grad_scaler.is_enabled() == (flag == "use_fp16")
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     saved = torch.load(tmp_path / "epoch-1.pt", weights_only=True)
     assert (saved["grad_scaler"] is not None) == (flag == "use_fp16")
+
+
+def test_an_epoch_without_batches_is_an_error_not_a_silent_no_op(tmp_path):
+    trainer = make_trainer(make_config(tmp_path), ToyModel(), [])
+    with pytest.raises(ValueError, match="yielded no batch.*--drop-last"):
+        trainer.fit()

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from speechadapt.training.optim import ConstantLR, Eden, ScaledAdam, TriStage, build_optimizer
+from speechadapt.training.optim import OptimizerConfig, build_optimizer
+from speechadapt.training.scaled_adam import ScaledAdam
+from speechadapt.training.schedulers import ConstantLR, Cosine, Eden, SchedulerConfig, TriStage, build_scheduler
 
 torch.set_num_threads(1)
 
@@ -47,6 +49,19 @@ def test_tri_stage_phases():
         TriStage(opt, total_steps=0)
 
 
+def test_cosine_warms_up_then_decays_to_the_final_scale():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = Cosine(opt, total_steps=20, warmup_steps=4, final_lr_scale=0.1)
+    lrs = []
+    for step in range(21):
+        sched.step_batch(step)
+        lrs.append(sched.get_last_lr()[0])
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4] == pytest.approx(1.0) and lrs[12] == pytest.approx(0.55) and lrs[20] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="--total-steps"):
+        build_scheduler(opt, SchedulerConfig(scheduler="cosine"))
+
+
 def test_scaled_adam_updates_are_relative_to_parameter_size():
     torch.manual_seed(0)
     small = torch.nn.Parameter(torch.randn(50, 20) * 0.01)
@@ -68,18 +83,18 @@ def test_scaled_adam_fits_a_regression_and_saves_state():
     true_w = torch.randn(8, 3)
     y = x @ true_w + 0.5
     model = torch.nn.Linear(8, 3)
-    opt = build_optimizer(model.parameters(), "scaled_adam", lr=0.05)
+    opt = build_optimizer(model.named_parameters(), OptimizerConfig(optimizer="scaled_adam", base_lr=0.05))
     sched = ConstantLR(opt)
     first = None
     for step in range(300):
-        loss = ((model(x) - y) ** 2).mean()
-        first = first if first is not None else loss.item()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = opt.step(lambda: ((model(x) - y) ** 2).mean())
+        first = first if first is not None else loss
         sched.step_batch(step + 1)
-    assert loss.item() < 0.05 * first
+    assert loss < 0.05 * first
     state = opt.state_dict()
     assert "grad_norm_history" in state["state"][0] and "param_rms" in state["state"][0]
+    assert state["first_order"]["num_steps"] == 300
     with pytest.raises(ValueError, match="no trainable parameters"):
-        build_optimizer([torch.nn.Parameter(torch.zeros(1), requires_grad=False)], "adamw", 0.1)
+        build_optimizer([("w", torch.nn.Parameter(torch.zeros(1), requires_grad=False))], OptimizerConfig())
+    with pytest.raises(ValueError, match="no weight decay"):
+        build_optimizer(model.named_parameters(), OptimizerConfig(weight_decay=0.1))

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from speechadapt.models.ctc import ZipformerCtc, greedy_ctc_collapse
+from speechadapt.decoding.ctc import greedy_ctc_collapse
+from speechadapt.models.ctc import ZipformerCtc
 from speechadapt.models.zipformer import (
     ZipformerConfig,
     config_from_any,

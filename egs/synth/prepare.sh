@@ -7,7 +7,7 @@ stage=0
 stop_stage=100
 profile=full        # fast (CI, minutes) or full
 data_dir=           # default: data (full) or data/fast (fast), so CI never clobbers the full corpus
-corpus_conf=        # default: conf/$profile.yaml
+corpus_conf=        # default: conf/corpus_$profile.yaml
 num_jobs=2
 vocab_size=         # default: 500 (full) or 100 (fast)
 speed_perturb=false # true: add 0.9/1.1 speed-perturbed copies of source_train (3x the fbank)
@@ -21,9 +21,10 @@ case "$profile" in
   fast) : "${data_dir:=data/fast}"; : "${vocab_size:=100}" ;;
   *) echo "$0: unknown profile '$profile' (fast or full)" >&2; exit 1 ;;
 esac
-: "${corpus_conf:=conf/$profile.yaml}"
+: "${corpus_conf:=conf/corpus_$profile.yaml}"
 stage_times=exp/$profile/stage_times.tsv   # read by the report stage
 local_dir=../../local
+prefix=synth        # manifest names: <prefix>_cuts_<split>.jsonl.gz
 splits=source_train,source_dev,source_test,target_adapt,target_dev,target_test
 eval_splits=source_dev,source_test,target_adapt,target_dev,target_test,noise
 lang_dir=$data_dir/lang_bpe_$vocab_size
@@ -31,7 +32,7 @@ t_start=$(date +%s)
 
 if stage_in 0; then
   stage_begin 0 "synthesise the corpus ($profile)"
-  python3 $local_dir/synthesise_corpus.py --config "$corpus_conf" \
+  python3 local/synthesise_corpus.py --config "$corpus_conf" \
     --audio-dir $data_dir/audio --num-jobs $num_jobs
   stage_end
 fi
@@ -39,35 +40,35 @@ fi
 if stage_in 1; then
   stage_begin 1 "lhotse manifests"
   python3 $local_dir/prepare_manifests.py --audio-dir $data_dir/audio \
-    --manifest-dir $data_dir/manifests
+    --manifest-dir $data_dir/manifests --prefix $prefix --splits $splits --noise-splits noise
   stage_end
 fi
 
 if stage_in 2; then
   stage_begin 2 "fbank: eval, target and noise splits"
   python3 $local_dir/compute_fbank.py --manifest-dir $data_dir/manifests \
-    --fbank-dir $data_dir/fbank --splits $eval_splits --num-jobs $num_jobs
+    --fbank-dir $data_dir/fbank --prefix $prefix --splits $eval_splits --num-jobs $num_jobs
   stage_end
 fi
 
 if stage_in 3; then
   stage_begin 3 "fbank: source_train (speed perturbation: $speed_perturb)"
   python3 $local_dir/compute_fbank.py --manifest-dir $data_dir/manifests \
-    --fbank-dir $data_dir/fbank --splits source_train --speed-perturb $speed_perturb \
+    --fbank-dir $data_dir/fbank --prefix $prefix --splits source_train --speed-perturb $speed_perturb \
     --num-jobs $num_jobs
   stage_end
 fi
 
 if stage_in 4; then
   stage_begin 4 "BPE model ($vocab_size pieces) from source_train text"
-  python3 $local_dir/train_bpe.py --manifest-dir $data_dir/manifests \
-    --lang-dir $lang_dir --vocab-size $vocab_size
+  python3 $local_dir/train_bpe.py --manifest-dir $data_dir/manifests --prefix $prefix \
+    --train-split source_train --lang-dir $lang_dir --vocab-size $vocab_size
   stage_end
 fi
 
 if stage_in 5; then
   stage_begin 5 "split summary"
-  python3 $local_dir/corpus_summary.py --fbank-dir $data_dir/fbank --splits $splits \
+  python3 $local_dir/corpus_summary.py --fbank-dir $data_dir/fbank --prefix $prefix --splits $splits \
     --out $data_dir/corpus_summary.json
   stage_end
 fi

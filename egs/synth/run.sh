@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # synth recipe: the whole story on a CPU with no download.
-# Stage ranges (DESIGN.md): 10-19 Zipformer-CTC, 20-29 LLM-ASR/MoSE, 30-39 fine-tuning
+# Stage ranges (docs/architecture.md): 10-19 Zipformer-CTC, 20-29 LLM-ASR/MoSE, 30-39 fine-tuning
 # (first-order and zeroth-order), 40-49 TTA, 50-59 stable fine-tuning/metric LR/merging,
 # 90-99 report. Data preparation (0-9) lives in prepare.sh. Every stage is one call of a
 # speechadapt.bin entry point; the profile only changes sizes (conf/recipe_<profile>.sh).
@@ -22,27 +22,22 @@ stage_times=$exp_root/stage_times.tsv
 fbank=$data_dir/fbank
 lang=$data_dir/lang_bpe_$vocab_size
 results=$exp_root/results.jsonl
-data_flags="--manifest-dir $fbank --num-workers $num_workers --num-buckets $num_buckets"
+data_flags="--manifest-dir $fbank --cuts-prefix synth --num-workers $num_workers --num-buckets $num_buckets"
 ctc_exp=$exp_root/ctc
 ctc2_exp=$exp_root/ctc_seed2
 ctc_model=epoch-$ctc_epochs-avg-$ctc_avg.pt
 lm_dir=$exp_root/tiny_qwen2
-
-# Short CTC runs on short synthetic utterances: SpecAugment (time warp 80, 2 x 27 mel
-# bins) and the Zipformer's warm-up regularisation (dropout, layer skipping) delay the
-# point where CTC leaves its all-blank plateau by hundreds of updates; measured on
-# source_train, 500 updates of 100 s: dev WER 14.7% with both off, 100% with both on
-# (README, "Zipformer-CTC training").
-ctc_train_flags="--lang-dir $lang $data_flags --encoder-preset $ctc_preset \
-  --max-duration $ctc_max_duration --base-lr 0.04 --enable-spec-aug false --regularize false \
-  --average-period $average_period --valid-interval 0 --save-every-n 200 --keep-last-k 3 \
-  --world-size $world_size"
+# Settings shared by both profiles are in conf/*.yaml; sizes come from the profile.
+ctc_flags="--config conf/ctc.yaml --lang-dir $lang $data_flags --encoder-preset $ctc_preset \
+  --max-duration $ctc_max_duration --average-period $average_period --world-size $world_size"
+decode_flags="--config conf/decode.yaml $data_flags --results $results"
+# The tiny LLM stages run on one thread: more only contend on a shared CPU.
+llm_env="env OMP_NUM_THREADS=1"
 
 # ---- 10-19 Zipformer-CTC -----------------------------------------------------------
 if stage_in 10; then
   stage_begin 10 "train Zipformer-CTC ($ctc_preset) on source_train"
-  python -m speechadapt.bin.train_ctc --exp-dir $ctc_exp $ctc_train_flags \
-    --num-epochs $ctc_epochs --seed 42
+  python -m speechadapt.bin.train $ctc_flags --exp-dir $ctc_exp --num-epochs $ctc_epochs --seed 42
   stage_end
 fi
 
@@ -55,66 +50,57 @@ fi
 
 if stage_in 12; then
   stage_begin 12 "decode Zipformer-CTC on source and target tests"
-  python -m speechadapt.bin.decode_ctc --exp-dir $ctc_exp --checkpoint $ctc_exp/$ctc_model \
-    --lang-dir $lang $data_flags --max-duration 200 --results $results \
-    --test-sets source_test,target_test
+  python -m speechadapt.bin.decode --exp-dir $ctc_exp --checkpoint $ctc_exp/$ctc_model $decode_flags
   stage_end
 fi
 
 # ---- 20-29 LLM-ASR and MoSE --------------------------------------------------------
 if stage_in 20; then
   stage_begin 20 "text pre-training of the tiny Qwen2 on source_train text"
-  python -m speechadapt.bin.pretrain_text_lm --train-text $fbank/synth_cuts_source_train.jsonl.gz \
-    --valid-text $fbank/synth_cuts_source_dev.jsonl.gz --out-dir $lm_dir \
+  $llm_env python -m speechadapt.bin.pretrain_text_lm --train-text $fbank/synth_cuts_source_train.jsonl.gz \
+    --valid-text $fbank/synth_cuts_source_dev.jsonl.gz --out-dir $lm_dir --exp-dir $exp_root/tiny_qwen2_train \
     --num-epochs $lm_epochs --hidden-size 256 --num-hidden-layers 2
   stage_end
 fi
 
-llm_flags="--llm-dir $lm_dir --lora-r $lora_r --lora-alpha $lora_alpha $data_flags"
+llm_flags="--config conf/llm_asr.yaml --llm-dir $lm_dir --lora-r $lora_r --lora-alpha $lora_alpha $data_flags \
+  --num-epochs $llm_epochs --max-duration $llm_max_duration --base-lr $llm_lr --average-period $average_period \
+  --world-size $world_size"
 if stage_in 21; then
   stage_begin 21 "train LLM-ASR (frozen CTC encoder + projector + LoRA)"
-  python -m speechadapt.bin.train_llm_asr --exp-dir $exp_root/llm_asr $llm_flags \
-    --encoder-ckpt $ctc_exp/$ctc_model --num-epochs $llm_epochs --max-duration $llm_max_duration \
-    --base-lr $llm_lr --average-period $average_period --valid-interval 0 --world-size $world_size
+  $llm_env python -m speechadapt.bin.train $llm_flags --exp-dir $exp_root/llm_asr --encoder-ckpt $ctc_exp/$ctc_model
   stage_end
 fi
 
 if stage_in 22; then
   stage_begin 22 "decode LLM-ASR (greedy, batched generate)"
-  python -m speechadapt.bin.decode_llm_asr --exp-dir $exp_root/llm_asr $llm_flags \
-    --encoder-ckpt $ctc_exp/$ctc_model --epoch $llm_epochs --avg $llm_avg --use-averaged-model true \
-    --max-duration 200 --results $results --test-sets source_test,target_test
+  $llm_env python -m speechadapt.bin.decode --exp-dir $exp_root/llm_asr --epoch $llm_epochs --avg $llm_avg \
+    --use-averaged-model true $decode_flags
   stage_end
 fi
 
 if stage_in 23; then
   stage_begin 23 "second Zipformer-CTC encoder for MoSE (another seed)"
-  python -m speechadapt.bin.train_ctc --exp-dir $ctc2_exp $ctc_train_flags \
-    --num-epochs $ctc2_epochs --seed 7
+  python -m speechadapt.bin.train $ctc_flags --exp-dir $ctc2_exp --num-epochs $ctc2_epochs --seed 7
   python -m speechadapt.bin.average_checkpoints --exp-dir $ctc2_exp --epoch $ctc2_epochs \
     --avg $ctc_avg --use-averaged-model true
-  python -m speechadapt.bin.decode_ctc --exp-dir $ctc2_exp --epoch $ctc2_epochs --avg $ctc_avg \
-    --use-averaged-model true --method zipformer-ctc-seed2 --lang-dir $lang $data_flags \
-    --max-duration 200 --results $results --test-sets source_test,target_test
+  python -m speechadapt.bin.decode --exp-dir $ctc2_exp --epoch $ctc2_epochs --avg $ctc_avg \
+    --use-averaged-model true --method zipformer-ctc-seed2 $decode_flags
   stage_end
 fi
 
-mose_encoders="$ctc_exp/$ctc_model $ctc2_exp/epoch-$ctc2_epochs-avg-$ctc_avg.pt"
+mose_encoders="$ctc_exp/$ctc_model,$ctc2_exp/epoch-$ctc2_epochs-avg-$ctc_avg.pt"
 if stage_in 24; then
   stage_begin 24 "train MoSE (two frozen encoders, slot dropout $mose_slot_dropout)"
-  python -m speechadapt.bin.train_llm_asr --exp-dir $exp_root/mose $llm_flags \
-    --encoder-ckpt $mose_encoders --encoder-preset $ctc_preset $ctc_preset \
-    --mose-slot-dropout $mose_slot_dropout --num-epochs $llm_epochs --max-duration $llm_max_duration \
-    --base-lr $llm_lr --average-period $average_period --valid-interval 0 --world-size $world_size
+  $llm_env python -m speechadapt.bin.train $llm_flags --exp-dir $exp_root/mose --encoder-ckpt $mose_encoders \
+    --encoder-preset $ctc_preset --mose-slot-dropout $mose_slot_dropout
   stage_end
 fi
 
 if stage_in 25; then
   stage_begin 25 "decode MoSE (all slots)"
-  python -m speechadapt.bin.decode_llm_asr --exp-dir $exp_root/mose $llm_flags \
-    --encoder-ckpt $mose_encoders --encoder-preset $ctc_preset $ctc_preset \
-    --epoch $llm_epochs --avg $llm_avg --use-averaged-model true \
-    --max-duration 200 --results $results --test-sets source_test,target_test
+  $llm_env python -m speechadapt.bin.decode --exp-dir $exp_root/mose --epoch $llm_epochs --avg $llm_avg \
+    --use-averaged-model true $decode_flags
   stage_end
 fi
 

@@ -27,7 +27,7 @@ Estimators (``estimator=``):
 ZO-ASR note: the public ZO-ASR code sums the q estimates (no 1/q). Here they are
 averaged, so its published lr 3e-6 with q=8 is lr 2.4e-5 in this optimiser.
 
-Calling convention (shared with :mod:`speechadapt.adapt.optimizers`):
+Calling convention (the one optimiser step of :mod:`speechadapt.training.optim`):
 ``step(loss_fn) -> float`` where ``loss_fn(grad_enabled: bool)`` (or ``loss_fn()``)
 returns the scalar loss of the current batch. A ZO step calls it with
 ``grad_enabled=False`` under ``torch.inference_mode`` and takes ``float()``; the
@@ -132,6 +132,9 @@ class ZOProbe:
 class ZOOptimizer(torch.optim.Optimizer):
     """Zeroth-order optimiser; see the module docstring for the algorithm.
 
+    ``skipped`` says why the last step did not update (None when it did);
+    ``num_forwards`` counts every loss evaluation (saved with the state).
+
     Args:
       params: tensors, (name, tensor) pairs (``select_parameters`` output) or groups.
       lr: learning rate of the averaged estimate (groups may override; schedulers
@@ -189,6 +192,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.chunk_size = int(chunk_size)
         self.num_steps = 0
         self.num_skipped = 0
+        self.num_forwards = 0
+        self.skipped: Optional[str] = None
         self.last_probe: Optional[ZOProbe] = None
         self._master = torch.Generator()
         self._master.manual_seed(self.seed)
@@ -198,6 +203,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         if estimator == "hizoo":
             for p in self.params:
                 self.state[p]["hessian"] = torch.ones_like(p, memory_format=torch.contiguous_format)
+
+    zeroth_order = True
+    num_backwards = 0
 
     @property
     def forwards_per_step(self) -> int:
@@ -243,14 +251,18 @@ class ZOOptimizer(torch.optim.Optimizer):
         all_reduce_sum(tensor)
         return (tensor / world_size).tolist()
 
+    def _evaluate(self, loss_fn: LossFn) -> float:
+        self.num_forwards += 1
+        return evaluate_without_grad(loss_fn)
+
     def _run_queries(self, loss_fn: LossFn, seeds: List[int], restore_last: bool) -> ZOProbe:
-        loss_zero = evaluate_without_grad(loss_fn) if self.estimator == "hizoo" else None
+        loss_zero = self._evaluate(loss_fn) if self.estimator == "hizoo" else None
         plus, minus = [], []
         for j, seed in enumerate(seeds):
             self.perturb(seed, self.eps)
-            plus.append(evaluate_without_grad(loss_fn))
+            plus.append(self._evaluate(loss_fn))
             self.perturb(seed, -2.0 * self.eps)
-            minus.append(evaluate_without_grad(loss_fn))
+            minus.append(self._evaluate(loss_fn))
             if restore_last or j < len(seeds) - 1:
                 self.perturb(seed, self.eps)
         extra = [] if loss_zero is None else [loss_zero]
@@ -337,13 +349,15 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError("ZOOptimizer.step needs the loss function (see the module docstring)")
         seeds = self.draw_seeds()
         self.num_steps += 1
+        self.skipped = None
         if self._all_lr_zero():
-            return self._reduce_mean([evaluate_without_grad(loss_fn)])[0]
+            return self._reduce_mean([self._evaluate(loss_fn)])[0]
         probe = self._run_queries(loss_fn, seeds, restore_last=False)
         self.last_probe = probe
         if not probe.is_finite():
             self.perturb(seeds[-1], self.eps)
             self.num_skipped += 1
+            self.skipped = "non-finite loss"
             logging.warning(f"ZO step {self.num_steps}: non-finite loss, update skipped")
             return float("nan")
         self._update(probe)
@@ -369,6 +383,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             master_generator=self._master.get_state(),
             num_steps=self.num_steps,
             num_skipped=self.num_skipped,
+            num_forwards=self.num_forwards,
         )
         return state
 
@@ -387,6 +402,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._master.set_state(zo["master_generator"])
         self.num_steps = int(zo["num_steps"])
         self.num_skipped = int(zo.get("num_skipped", 0))
+        self.num_forwards = int(zo.get("num_forwards", 0))
         for key in ("eps", "num_queries", "momentum", "hessian_smooth", "hessian_min", "seed"):
             saved = type(getattr(self, key))(zo[key])
             if saved != getattr(self, key):  # exact resume needs the saved settings

@@ -8,14 +8,16 @@ of the chat format the LLM-ASR prompt uses:
     <|im_start|>assistant\\n{text}<|im_end|>
 
 The loss and the perplexity cover the transcript tokens and the closing <|im_end|>,
-exactly what the LLM-ASR loss covers. The result is a Hugging Face directory usable
-as ``--llm-dir``. Held-out perplexity must beat an add-one-smoothed unigram model of
-the same tokens (counted on the training text), otherwise the stage fails.
+exactly what the LLM-ASR loss covers. Training runs through the project's one loop
+(AdamW, warm-up then cosine decay by default; checkpoints in --exp-dir, resume,
+TensorBoard, progress). The result is a Hugging Face directory usable as
+``--llm-dir``. Held-out perplexity must beat an add-one-smoothed unigram model of the
+same tokens (counted on the training text), otherwise the stage fails.
 
     python -m speechadapt.bin.pretrain_text_lm \\
         --train-text data/fbank/synth_cuts_train.jsonl.gz \\
         --valid-text data/fbank/synth_cuts_dev.jsonl.gz \\
-        --out-dir exp/tiny_qwen2 --num-epochs 20
+        --out-dir exp/tiny_qwen2 --exp-dir exp/tiny_qwen2_train --num-epochs 20
 
 Text files are plain text (one sentence per line) or lhotse cut/supervision manifests
 (``*.jsonl`` / ``*.jsonl.gz``), whose supervision texts are used.
@@ -25,7 +27,6 @@ import argparse
 import json
 import logging
 import math
-import random
 import shutil
 import sys
 from collections import Counter
@@ -34,11 +35,16 @@ from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from speechadapt.models.llm_asr_prompt import IGNORE_ID, IM_END, IM_START
+from speechadapt.training.metrics import MetricsTracker
+from speechadapt.training.optim import OptimizerConfig
+from speechadapt.training.options import TrainingConfig
+from speechadapt.training.schedulers import SchedulerConfig
 from speechadapt.utils.args import str2bool
+from speechadapt.utils.flags import add_dataclass_arguments, dataclass_from_args, parse_args
 from speechadapt.utils.io import atomic_write_text
+from speechadapt.utils.log import setup_logger
 
 _PREFIX = f"{IM_START}assistant\n"
 
@@ -132,40 +138,42 @@ def unigram_perplexity(train_examples, valid_examples, vocab_size: int) -> float
     return math.exp(nll / max(n_tokens, 1))
 
 
-def train_lm(model, examples, pad_id: int, num_epochs: int, batch_size: int, lr: float,
-             seed: int, device="cpu") -> None:
-    """AdamW with linear warm-up (5% of steps) then cosine decay to 10% of lr."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(examples) / batch_size)
-    total = max(1, num_epochs * steps_per_epoch)
-    warmup = max(1, total // 20)
+class CausalLmObjective(torch.nn.Module):
+    """The text LM behind the model interface's ``compute_loss``: summed next-token NLL
+    of a batch of (input ids, mask, labels), normalised by the label tokens."""
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    rng = random.Random(seed)
-    order = list(range(len(examples)))
-    bar = tqdm(total=total, desc="text LM", disable=not sys.stderr.isatty())
-    model.train()
-    for epoch in range(1, num_epochs + 1):
-        rng.shuffle(order)
-        total_nll, total_tokens = 0.0, 0
-        for start in range(0, len(order), batch_size):
-            batch = [examples[i] for i in order[start : start + batch_size]]
-            nll, n = batch_nll(model, *[t.to(device) for t in collate(batch, pad_id)])
-            optimizer.zero_grad(set_to_none=True)
-            (nll / max(n, 1)).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            total_nll, total_tokens = total_nll + nll.item(), total_tokens + n
-            bar.update(1)
-        logging.info(f"epoch {epoch}: train loss {total_nll / max(total_tokens, 1):.4f} per token")
-    bar.close()
+    def compute_loss(self, batch) -> Tuple[torch.Tensor, MetricsTracker]:
+        device = next(self.lm.parameters()).device
+        nll, n = batch_nll(self.lm, *[t.to(device) for t in batch])
+        info = MetricsTracker()
+        info["frames"] = float(n)
+        info["loss"] = float(nll.detach())
+        return nll, info
+
+
+def text_loader(examples, pad_id: int, batch_size: int, shuffle: bool):
+    """Batches of examples; shuffled from the global RNG, which the loop seeds per epoch."""
+    return torch.utils.data.DataLoader(examples, batch_size=batch_size, shuffle=shuffle,
+                                       collate_fn=lambda items: collate(items, pad_id))
+
+
+def train_lm(model, train_examples, valid_examples, pad_id: int, args, device="cpu") -> None:
+    """Train through the project's loop; ``args`` holds the training/optimiser/schedule flags."""
+    from speechadapt.training.loop import Trainer
+
+    training = dataclass_from_args(TrainingConfig, args)
+    schedule = dataclass_from_args(SchedulerConfig, args)
+    train_dl = text_loader(train_examples, pad_id, args.batch_size, shuffle=True)
+    if schedule.warmup_batches < 0:  # default: 5% of the run
+        schedule.warmup_batches = float(max(1, training.num_epochs * len(train_dl) // 20))
+    trainer = Trainer(training, CausalLmObjective(model), train_dl,
+                      text_loader(valid_examples, pad_id, 64, shuffle=False),
+                      optimizer_config=dataclass_from_args(OptimizerConfig, args), scheduler_config=schedule)
+    trainer.fit()
     model.eval()
 
 
@@ -181,13 +189,20 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-hidden-layers", type=int, default=None)
     p.add_argument("--num-attention-heads", type=int, default=None)
     p.add_argument("--num-key-value-heads", type=int, default=None)
-    p.add_argument("--num-epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
     p.add_argument("--device", default="cpu")
     p.add_argument("--overwrite", type=str2bool, default=True, help="rebuild an existing --out-dir")
+    add_dataclass_arguments(p, TrainingConfig, "training", defaults=TRAINING_DEFAULTS)
+    add_dataclass_arguments(p, OptimizerConfig, "optimizer", defaults=OPTIMIZER_DEFAULTS)
+    add_dataclass_arguments(p, SchedulerConfig, "learning-rate schedule", defaults=SCHEDULE_DEFAULTS)
     return p
+
+
+# A small LM trained from scratch on a few thousand sentences.
+TRAINING_DEFAULTS = dict(exp_dir="exp/text_lm", num_epochs=20, average_period=0, save_every_n=0,
+                         valid_interval=0, log_interval=50)
+OPTIMIZER_DEFAULTS = dict(optimizer="adamw", base_lr=3e-3, weight_decay=0.01, max_grad_norm=1.0)
+SCHEDULE_DEFAULTS = dict(scheduler="cosine", warmup_batches=-1.0, final_lr_scale=0.1)
 
 
 def fixture_overrides(args) -> dict:
@@ -198,7 +213,10 @@ def fixture_overrides(args) -> dict:
 
 def pretrain(args) -> dict:
     """Build, train, check and save the LM; returns the report written to --out-dir."""
+    setup_logger(args.exp_dir, "pretrain-text-lm")
     torch.manual_seed(args.seed)
+    if args.num_epochs < 0:
+        raise ValueError(f"--num-epochs must be >= 0, got {args.num_epochs}")
     train_texts = [t for f in args.train_text for t in read_texts(f)]
     valid_texts = [t for f in args.valid_text for t in read_texts(f)]
     logging.info(f"{len(train_texts)} training sentences, {len(valid_texts)} held-out sentences")
@@ -228,7 +246,8 @@ def build_and_train(args, work_dir: Path, train_texts: List[str], valid_texts: L
     valid_examples = encode_examples(tokenizer, valid_texts)
     vocab = model.get_input_embeddings().weight.shape[0]
     ppl_before = lm_perplexity(model, valid_examples, pad_id, device=args.device)
-    train_lm(model, train_examples, pad_id, args.num_epochs, args.batch_size, args.lr, args.seed, args.device)
+    if args.num_epochs > 0:
+        train_lm(model, train_examples, valid_examples, pad_id, args, args.device)
     ppl = lm_perplexity(model, valid_examples, pad_id, device=args.device)
     unigram = unigram_perplexity(train_examples, valid_examples, vocab)
     report = {
@@ -255,13 +274,11 @@ def build_and_train(args, work_dir: Path, train_texts: List[str], valid_texts: L
 
 def main_report(argv=None) -> dict:
     """Parse flags and run the stage; raises PerplexityError when the LM loses."""
-    args = get_parser().parse_args(argv)
+    args = parse_args(get_parser(), argv, entry_point="pretrain_text_lm")
     return pretrain(args)
 
 
 def main(argv=None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    torch.set_num_threads(1)  # tiny models: more threads only contend on shared CPUs
     try:
         report = main_report(argv)
     except PerplexityError as e:

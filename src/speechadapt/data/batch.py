@@ -1,28 +1,50 @@
-"""Unpack a datamodule batch: one place that knows lhotse's batch layout."""
+"""The batch every model reads, whatever its input: one place that knows the layout."""
 
-from typing import Any, List, Tuple
+from dataclasses import dataclass, field
+from typing import List
 
 import torch
 
+INPUT_KINDS = ("fbank", "waveform")
 
-def batch_inputs(batch: Any, device) -> Tuple[torch.Tensor, torch.Tensor, List[str], List[str]]:
-    """(features (B,T,80), lengths, transcripts, cut ids) from a datamodule batch.
 
-    Accepts lhotse's K2SpeechRecognitionDataset layout (``inputs`` + ``supervisions``
-    with ``text``/``num_frames``/``cut``) and a plain dict with ``features``,
-    ``features_lens``, ``texts`` (and optional ``cut_ids``).
+@dataclass
+class SpeechBatch:
+    """A padded batch of utterances.
+
+    ``inputs``: (B, T, 80) fbank frames or (B, S) 16 kHz mono samples (``input_kind``);
+    ``input_lens``: (B,) valid frames or samples; ``durations``: seconds of audio per
+    utterance (for real-time factors, whatever the input); ``texts``: transcripts
+    ("" when the cuts have none, e.g. transcribing your own audio).
     """
-    if "inputs" in batch:
-        sup = batch["supervisions"]
-        x, lens, texts = batch["inputs"], sup["num_frames"], list(sup["text"])
-        if "sequence_idx" in sup:  # supervision i belongs to input row sequence_idx[i]
-            x = x[torch.as_tensor(sup["sequence_idx"])]
-        ids = [c.id for c in sup["cut"]] if "cut" in sup else [str(i) for i in range(len(texts))]
-    elif "features" in batch:
-        x, lens, texts = batch["features"], batch["features_lens"], list(batch["texts"])
-        ids = list(batch.get("cut_ids", [str(i) for i in range(len(texts))]))
-    else:
-        raise KeyError(f"unknown batch layout with keys {sorted(batch)}; expected 'inputs' or 'features'")
-    if x.dim() != 3 or len(texts) != x.size(0):
-        raise ValueError(f"batch features {tuple(x.shape)} do not match {len(texts)} transcripts")
-    return x.to(device), torch.as_tensor(lens).to(device), texts, ids
+
+    inputs: torch.Tensor
+    input_lens: torch.Tensor
+    texts: List[str]
+    cut_ids: List[str]
+    durations: List[float]
+    input_kind: str = "fbank"
+    cuts: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.input_kind not in INPUT_KINDS:
+            raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {self.input_kind!r}")
+        expected_dim = 3 if self.input_kind == "fbank" else 2
+        n = self.inputs.size(0)
+        if self.inputs.dim() != expected_dim:
+            raise ValueError(f"{self.input_kind} inputs must have {expected_dim} dims, got {tuple(self.inputs.shape)}")
+        lengths = (len(self.texts), len(self.cut_ids), len(self.durations), self.input_lens.numel())
+        if any(n_ != n for n_ in lengths):
+            raise ValueError(f"batch of {n} inputs with {lengths} (texts, ids, durations, lengths)")
+
+    def __len__(self) -> int:
+        return self.inputs.size(0)
+
+    def to(self, device) -> "SpeechBatch":
+        """A copy with the tensors on ``device`` (the rest shared)."""
+        return SpeechBatch(self.inputs.to(device), self.input_lens.to(device), self.texts, self.cut_ids,
+                           self.durations, self.input_kind, self.cuts)
+
+    @property
+    def audio_seconds(self) -> float:
+        return float(sum(self.durations))

@@ -1,12 +1,17 @@
-"""The ASR datamodule: lhotse cuts -> batches of fbank features, icefall flag names.
+"""The ASR datamodule: lhotse cuts -> batches, icefall's flag names, no corpus names.
 
 Usage (as icefall's ``AsrDataModule``)::
 
-    AsrDataModule.add_arguments(parser)
-    dm = AsrDataModule(args)
-    train_dl = dm.train_dataloaders(dm.load_cuts("source_train"), sampler_state_dict=...)
-    for batch in train_dl:  # batch["inputs"] (N, T, 80); batch["supervisions"] as lhotse's
+    add_dataclass_arguments(parser, DataConfig)          # --manifest-dir --cuts-prefix ...
+    dm = AsrDataModule(dataclass_from_args(DataConfig, args), input_kind=model.input_kind, seed=42)
+    train_dl = dm.train_dataloaders(dm.load_cuts("train-clean-100"), sampler_state_dict=...)
+    for batch in train_dl:  # a SpeechBatch: fbank (B, T, 80) or 16 kHz waveform (B, S)
         ...
+
+Cut manifests are named by flag: ``load_cuts(NAME)`` opens
+``<manifest-dir>/<cuts-prefix>_cuts_<NAME>.jsonl.gz`` (icefall's naming), and a NAME
+that is a path (``.jsonl``/``.jsonl.gz``) is opened as it is. The input kind (fbank or
+waveform) comes from the model, so the same cuts feed every model.
 
 Distributed: the sampler is a lhotse ``DynamicBucketingSampler`` (or ``SimpleCutSampler``)
 told the rank and world size, so every rank gets the same number of batches. With
@@ -16,45 +21,37 @@ left than ranks, padded with copies whose ids end in ``_dup<N>``:
 
 Randomness and exact resume:
 - the sampler is ``dataloader.sampler``; its ``state_dict()``/``load_state_dict()`` resume
-  mid-epoch, its order is fixed by ``--seed`` and ``sampler.set_epoch(epoch)``;
+  mid-epoch, its order is fixed by the seed and ``sampler.set_epoch(epoch)``;
 - DataLoader workers are seeded from (seed, rank, epoch, worker id) (python ``random``,
   numpy and torch global RNGs; lhotse's CutMix reads the same per-worker seed);
 - with ``--num-workers 0`` the transforms run in the main process: SpecAugment draws
   from the *global* python ``random``, numpy and torch RNGs, and CutMix from its own
-  ``random.Random(seed + rank)``, so the training loop must save/restore the global
-  RNG states for a bit-exact resume.
+  ``random.Random(seed + rank)``, so the training loop saves/restores the global RNG
+  states for a bit-exact resume.
 """
 
-import argparse
+import itertools
 import logging
 import os
 import random
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from lhotse import CutSet, load_manifest_lazy
-from lhotse.dataset import (
-    CutMix,
-    DynamicBucketingSampler,
-    K2SpeechRecognitionDataset,
-    SimpleCutSampler,
-    SpecAugment,
-)
+from lhotse.dataset import CutMix, DynamicBucketingSampler, SimpleCutSampler, SpecAugment
 from lhotse.dataset.dataloading import LHOTSE_PROCESS_SEED
-from lhotse.dataset.input_strategies import OnTheFlyFeatures, PrecomputedFeatures
-from lhotse import Fbank, FbankConfig
 from torch.utils.data import DataLoader
 
-from speechadapt.data.features import fbank_cuts_path
-from speechadapt.data.manifests import PREFIX
-from speechadapt.utils.args import str2bool
+from speechadapt.data.dataset import SpeechDataset
 
 logger = logging.getLogger(__name__)
 
 _DUP_SUFFIX = re.compile(r"_dup\d+$")
+MANIFEST_SUFFIXES = (".jsonl.gz", ".jsonl")
 
 
 def is_padding_duplicate(cut_id: str) -> bool:
@@ -62,14 +59,58 @@ def is_padding_duplicate(cut_id: str) -> bool:
     return bool(_DUP_SUFFIX.search(cut_id))
 
 
-def _snr_range(value: str):
-    """'10,20' -> (10.0, 20.0); '15' -> 15.0."""
-    parts = [float(v) for v in str(value).split(",") if v.strip()]
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) != 2 or parts[0] > parts[1]:
-        raise argparse.ArgumentTypeError(f"expected an SNR 'low,high' or one value, got {value!r}")
-    return tuple(parts)
+def cuts_file(manifest_dir, prefix: Optional[str], name: str) -> Path:
+    """The cuts manifest a NAME stands for (see the module docstring)."""
+    if str(name).endswith(MANIFEST_SUFFIXES):
+        return Path(name)
+    if not prefix:
+        raise ValueError(f"cuts '{name}': give --cuts-prefix (the corpus part of the manifest names, "
+                         f"as in <prefix>_cuts_{name}.jsonl.gz) or a path to a cuts .jsonl.gz file")
+    return Path(manifest_dir) / f"{prefix}_cuts_{name}.jsonl.gz"
+
+
+def split_name(name: str) -> str:
+    """What results call a set of cuts: the split name, also when given as a path
+    (``data/fbank/synth_cuts_source_test.jsonl.gz`` -> ``source_test``)."""
+    if not str(name).endswith(MANIFEST_SUFFIXES):
+        return str(name)
+    stem = Path(name).name
+    for suffix in MANIFEST_SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    return stem.split("_cuts_", 1)[1] if "_cuts_" in stem else stem
+
+
+@dataclass
+class DataConfig:
+    manifest_dir: str = field(default="data/fbank", metadata={"help": "directory of the cut manifests"})
+    cuts_prefix: Optional[str] = field(default=None, metadata={
+        "help": "corpus part of the manifest names: <manifest-dir>/<prefix>_cuts_<split>.jsonl.gz"})
+    max_duration: float = field(default=200.0, metadata={"help": "seconds of audio per batch"})
+    bucketing_sampler: bool = field(default=True, metadata={
+        "help": "DynamicBucketingSampler (similar lengths together) or SimpleCutSampler"})
+    num_buckets: int = 30
+    shuffle: bool = True
+    drop_last: bool = field(default=True, metadata={
+        "help": "drop the last incomplete round in training; false pads it with _dup copies"})
+    num_workers: int = 2
+    on_the_fly_feats: bool = field(default=False, metadata={
+        "help": "compute fbank from the audio in the loader instead of reading stored features"})
+    enable_spec_aug: bool = field(default=True, metadata={"help": "SpecAugment in training (fbank only)"})
+    spec_aug_time_warp_factor: int = field(default=80, metadata={"help": "< 1 disables time warping"})
+    enable_noise_mix: bool = field(default=False, metadata={
+        "help": "mix noise cuts into training cuts on the fly", "aliases": ["--enable-musan"]})
+    noise_cuts: str = field(default="", metadata={"help": "noise cuts: a split name or a path"})
+    noise_mix_prob: float = 0.5
+    noise_snr: Tuple[float, ...] = field(default=(10.0, 20.0), metadata={
+        "help": "SNR in dB: 'low,high' (uniform) or one value"})
+
+    def validate(self) -> None:
+        if self.max_duration <= 0:
+            raise ValueError(f"--max-duration must be > 0, got {self.max_duration}")
+        if len(self.noise_snr) not in (1, 2) or (len(self.noise_snr) == 2 and self.noise_snr[0] > self.noise_snr[1]):
+            raise ValueError(f"--noise-snr takes 'low,high' or one value, got {self.noise_snr}")
+        if self.enable_noise_mix and not self.noise_cuts:
+            raise ValueError("--enable-noise-mix true needs --noise-cuts (a split name or a path)")
 
 
 class SeedWorkers:
@@ -88,49 +129,25 @@ class SeedWorkers:
 
 
 class AsrDataModule:
-    """Dataloaders for training, validation and test over fbank cuts."""
+    """Dataloaders for training, validation and test over cut manifests."""
 
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        group = parser.add_argument_group("ASR data related options")
-        group.add_argument("--manifest-dir", type=Path, default=Path("data/fbank"),
-                           help="Directory with the synth_cuts_<split>.jsonl.gz fbank cuts.")
-        group.add_argument("--max-duration", type=float, default=200.0,
-                           help="Maximum pooled seconds of audio in a batch.")
-        group.add_argument("--bucketing-sampler", type=str2bool, default=True,
-                           help="DynamicBucketingSampler (similar lengths together) or SimpleCutSampler.")
-        group.add_argument("--num-buckets", type=int, default=30)
-        group.add_argument("--shuffle", type=str2bool, default=True)
-        group.add_argument("--drop-last", type=str2bool, default=True,
-                           help="Drop the last incomplete round; false pads it with _dup copies.")
-        group.add_argument("--return-cuts", type=str2bool, default=True)
-        group.add_argument("--num-workers", type=int, default=2)
-        group.add_argument("--on-the-fly-feats", type=str2bool, default=False,
-                           help="Compute fbank from audio in the loader instead of reading it.")
-        group.add_argument("--enable-spec-aug", type=str2bool, default=True)
-        group.add_argument("--spec-aug-time-warp-factor", type=int, default=80,
-                           help="<1 disables time warping.")
-        group.add_argument("--enable-noise-mix", "--enable-musan", dest="enable_noise_mix",
-                           type=str2bool, default=False,
-                           help="Mix noise cuts into training cuts on the fly.")
-        group.add_argument("--noise-cuts", type=Path, default=None,
-                           help="Noise cuts (default: <manifest-dir>/synth_cuts_noise.jsonl.gz).")
-        group.add_argument("--noise-mix-prob", type=float, default=0.5)
-        group.add_argument("--noise-snr", type=_snr_range, default=(10.0, 20.0),
-                           help="SNR in dB: 'low,high' (uniform) or one value.")
-        if "--seed" not in parser._option_string_actions:  # the training script may own it
-            group.add_argument("--seed", type=int, default=42)
+    def __init__(self, config: DataConfig, input_kind: str = "fbank", seed: int = 0):
+        config.validate()
+        self.config = config
+        self.input_kind = input_kind
+        self.seed = seed
 
     # ---- cuts ----------------------------------------------------------------------
 
-    def load_cuts(self, split: str, prefix: str = PREFIX) -> CutSet:
-        """Lazily open ``<manifest-dir>/{prefix}_cuts_{split}.jsonl.gz``."""
-        path = fbank_cuts_path(self.args.manifest_dir, split, prefix)
+    def cuts_path(self, name: str) -> Path:
+        return cuts_file(self.config.manifest_dir, self.config.cuts_prefix, name)
+
+    def load_cuts(self, name: str) -> CutSet:
+        """Lazily open the cuts a split name or a path stands for."""
+        path = self.cuts_path(name)
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: run prepare.sh (fbank stages) first")
+            raise FileNotFoundError(f"cuts '{name}': {path} does not exist (run the recipe's prepare.sh, "
+                                    f"or check --manifest-dir / --cuts-prefix)")
         return load_manifest_lazy(path)
 
     # ---- loaders -------------------------------------------------------------------
@@ -138,13 +155,10 @@ class AsrDataModule:
     def train_dataloaders(self, cuts: CutSet, sampler_state_dict: Optional[Dict[str, Any]] = None,
                           world_size: Optional[int] = None, rank: Optional[int] = None) -> DataLoader:
         world_size, rank = _dist_info(world_size, rank)
-        dataset = K2SpeechRecognitionDataset(
-            return_cuts=self.args.return_cuts,
-            cut_transforms=self._cut_transforms(rank),
-            input_transforms=self._input_transforms(),
-            input_strategy=self._input_strategy(),
-        )
-        sampler = self._sampler(cuts, shuffle=self.args.shuffle, drop_last=self.args.drop_last,
+        dataset = SpeechDataset(self.input_kind, self.config.on_the_fly_feats,
+                                cut_transforms=self._cut_transforms(rank),
+                                input_transforms=self._input_transforms())
+        sampler = self._sampler(cuts, shuffle=self.config.shuffle, drop_last=self.config.drop_last,
                                 world_size=world_size, rank=rank)
         if sampler_state_dict is not None:
             logger.info("restoring the sampler state")
@@ -156,57 +170,55 @@ class AsrDataModule:
         world_size, rank = _dist_info(world_size, rank)
         return self._eval_loader(cuts, world_size, rank)
 
-    def test_dataloaders(self, cuts: CutSet, world_size: int = 1, rank: int = 0) -> DataLoader:
-        """Decoding loader; every cut exactly once when world_size is 1 (the default)."""
-        return self._eval_loader(cuts, world_size, rank)
+    def test_dataloaders(self, cuts: CutSet, world_size: int = 1, rank: int = 0,
+                         require_text: bool = True) -> DataLoader:
+        """Decoding loader; every cut exactly once when world_size is 1 (the default).
+        ``require_text=False`` for audio without transcripts (transcribe)."""
+        return self._eval_loader(cuts, world_size, rank, require_text)
 
     # ---- pieces --------------------------------------------------------------------
 
-    def _eval_loader(self, cuts: CutSet, world_size: int, rank: int) -> DataLoader:
-        dataset = K2SpeechRecognitionDataset(return_cuts=self.args.return_cuts,
-                                             input_strategy=self._input_strategy())
-        sampler = self._sampler(cuts, shuffle=False, drop_last=False,
-                                world_size=world_size, rank=rank)
+    def _eval_loader(self, cuts: CutSet, world_size: int, rank: int, require_text: bool = True) -> DataLoader:
+        dataset = SpeechDataset(self.input_kind, self.config.on_the_fly_feats, require_text=require_text)
+        sampler = self._sampler(cuts, shuffle=False, drop_last=False, world_size=world_size, rank=rank)
         return self._loader(dataset, sampler, rank)
 
     def _sampler(self, cuts: CutSet, shuffle: bool, drop_last: bool, world_size: int, rank: int):
-        common = dict(max_duration=self.args.max_duration, shuffle=shuffle, drop_last=drop_last,
-                      world_size=world_size, rank=rank, seed=self.args.seed)
-        if self.args.bucketing_sampler:
-            return DynamicBucketingSampler(cuts, num_buckets=self.args.num_buckets, **common)
+        common = dict(max_duration=self.config.max_duration, shuffle=shuffle, drop_last=drop_last,
+                      world_size=world_size, rank=rank, seed=self.seed)
+        if self.config.bucketing_sampler:
+            # lhotse asserts when there are fewer cuts than buckets (small dev sets).
+            buckets = sum(1 for _ in itertools.islice(cuts, self.config.num_buckets))
+            if buckets < self.config.num_buckets:
+                logger.info(f"{buckets} cuts: {buckets} buckets instead of --num-buckets {self.config.num_buckets}")
+            return DynamicBucketingSampler(cuts, num_buckets=max(1, buckets), **common)
         return SimpleCutSampler(cuts, **common)
 
     def _loader(self, dataset, sampler, rank: int) -> DataLoader:
-        workers = self.args.num_workers
+        workers = self.config.num_workers
         return DataLoader(
-            dataset, sampler=sampler, batch_size=None, num_workers=workers,
-            persistent_workers=False,
-            worker_init_fn=SeedWorkers(self.args.seed, rank, sampler) if workers > 0 else None,
+            dataset, sampler=sampler, batch_size=None, num_workers=workers, persistent_workers=False,
+            worker_init_fn=SeedWorkers(self.seed, rank, sampler) if workers > 0 else None,
         )
 
-    def _input_strategy(self):
-        if self.args.on_the_fly_feats:
-            return OnTheFlyFeatures(Fbank(FbankConfig(num_mel_bins=80)))
-        return PrecomputedFeatures()
-
     def _input_transforms(self) -> List:
-        if not self.args.enable_spec_aug:
+        if not self.config.enable_spec_aug or self.input_kind != "fbank":
             return []
         # icefall's settings for 80-dim fbank
-        return [SpecAugment(time_warp_factor=self.args.spec_aug_time_warp_factor,
+        return [SpecAugment(time_warp_factor=self.config.spec_aug_time_warp_factor,
                             num_frame_masks=10, features_mask_size=27, num_feature_masks=2,
                             frames_mask_size=100)]
 
     def _cut_transforms(self, rank: int) -> List:
-        if not self.args.enable_noise_mix:
+        if not self.config.enable_noise_mix:
             return []
-        path = self.args.noise_cuts or fbank_cuts_path(self.args.manifest_dir, "noise")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"noise mixing is on but {path} does not exist "
-                                    "(run prepare.sh, or pass --noise-cuts)")
-        seed = "randomized" if self.args.num_workers > 0 else self.args.seed + rank
-        return [CutMix(cuts=load_manifest_lazy(path).to_eager(), p=self.args.noise_mix_prob,
-                       snr=self.args.noise_snr, preserve_id=True, seed=seed)]
+        try:
+            noise = self.load_cuts(self.config.noise_cuts).to_eager()
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"noise mixing is on but --noise-cuts cannot be opened: {e}") from None
+        seed = "randomized" if self.config.num_workers > 0 else self.seed + rank
+        snr = self.config.noise_snr[0] if len(self.config.noise_snr) == 1 else tuple(self.config.noise_snr)
+        return [CutMix(cuts=noise, p=self.config.noise_mix_prob, snr=snr, preserve_id=True, seed=seed)]
 
 
 def _dist_info(world_size: Optional[int], rank: Optional[int]):

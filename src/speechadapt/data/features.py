@@ -1,7 +1,7 @@
 """80-dim fbank with lhotse's ``Fbank``, stored by ``LilcomChunkyWriter``.
 
-Layout (icefall): ``<fbank_dir>/synth_cuts_<split>.jsonl.gz`` next to the feature
-archive ``<fbank_dir>/synth_feats_<split>.lca``. Speed perturbation (0.9/1.1) of the
+Layout (icefall): ``<fbank_dir>/<prefix>_cuts_<split>.jsonl.gz`` next to the feature
+archive ``<fbank_dir>/<prefix>_feats_<split>.lca`` (the prefix names the corpus). Speed perturbation (0.9/1.1) of the
 training cuts is done here, before feature extraction, as icefall does; the
 perturbed copies get lhotse's ``_sp0.9``/``_sp1.1`` id suffixes.
 """
@@ -16,7 +16,6 @@ from typing import Sequence
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from lhotse.utils import compute_num_frames
 
-from speechadapt.data.manifests import PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +26,11 @@ NUM_MEL_BINS = 80
 MIN_CUTS_PER_EXTRA_JOB = 500
 
 
-def fbank_cuts_path(fbank_dir, split: str, prefix: str = PREFIX) -> Path:
+def fbank_cuts_path(fbank_dir, split: str, prefix: str) -> Path:
     return Path(fbank_dir) / f"{prefix}_cuts_{split}.jsonl.gz"
 
 
-def fbank_storage_path(fbank_dir, split: str, prefix: str = PREFIX) -> Path:
+def fbank_storage_path(fbank_dir, split: str, prefix: str) -> Path:
     return Path(fbank_dir) / f"{prefix}_feats_{split}"
 
 
@@ -86,8 +85,8 @@ def check_frame_counts(cuts: CutSet, num_mel_bins: int = NUM_MEL_BINS) -> None:
                              f"for {cut.duration:.3f} s")
 
 
-def featurise_split(cuts: CutSet, fbank_dir, split: str, num_jobs: int = 1,
-                    speed_perturb: bool = False, prefix: str = PREFIX) -> CutSet:
+def featurise_split(cuts: CutSet, fbank_dir, split: str, prefix: str, num_jobs: int = 1,
+                    speed_perturb: bool = False) -> CutSet:
     """Fbank of one split (optionally speed-perturbed), checked and written; returns the cuts."""
     if speed_perturb:
         cuts = add_speed_perturbation(cuts)

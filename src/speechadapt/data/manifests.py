@@ -22,14 +22,13 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 CUT_FIELDS = ("domain", "voice", "split", "seen_in_train", "noise_type", "snr_db")
-PREFIX = "synth"
 
 
 class AudioFileError(ValueError):
     """An audio file that cannot be used; the message names the file."""
 
 
-def manifest_paths(manifest_dir, split: str, prefix: str = PREFIX) -> Dict[str, Path]:
+def manifest_paths(manifest_dir, split: str, prefix: str) -> Dict[str, Path]:
     """icefall-style names: ``{prefix}_{recordings,supervisions,cuts}_{split}.jsonl.gz``."""
     d = Path(manifest_dir)
     return {kind: d / f"{prefix}_{kind}_{split}.jsonl.gz"
@@ -60,8 +59,9 @@ def check_wav_complete(path) -> None:
     raise AudioFileError(f"{path}: wav file has no 'data' chunk (corrupt or truncated)")
 
 
-def load_recording(path, recording_id: str, on_wrong_rate: str = "resample") -> Recording:
-    """A validated mono Recording at 16 kHz for ``path``.
+def load_recording(path, recording_id: str, on_wrong_rate: str = "resample",
+                   allow_multichannel: bool = False) -> Recording:
+    """A validated Recording at 16 kHz for ``path`` (mono unless ``allow_multichannel``).
 
     ``on_wrong_rate``: ``"resample"`` (lazily, by lhotse, with a warning) or ``"error"``.
     """
@@ -74,7 +74,7 @@ def load_recording(path, recording_id: str, on_wrong_rate: str = "resample") -> 
         recording = Recording.from_file(path, recording_id=recording_id)
     except Exception as exc:  # lhotse wraps every backend's failure
         raise AudioFileError(f"{path}: cannot read audio ({type(exc).__name__}: {exc})") from exc
-    if recording.num_channels != 1:
+    if recording.num_channels != 1 and not allow_multichannel:
         raise AudioFileError(f"{path}: expected mono audio, found {recording.num_channels} channels")
     if recording.num_samples == 0:
         raise AudioFileError(f"{path}: audio file holds no samples")
@@ -127,7 +127,7 @@ def _finalise_cut(cut):
 
 
 def write_split_manifests(rows: List[dict], split: str, manifest_dir,
-                          on_wrong_rate: str = "resample", prefix: str = PREFIX) -> CutSet:
+                          prefix: str, on_wrong_rate: str = "resample") -> CutSet:
     """Validate and write recordings, supervisions and cuts of one split; returns the cuts."""
     recordings, supervisions, _ = rows_to_manifests(rows, on_wrong_rate)
     if len(recordings) == 0:
@@ -142,13 +142,13 @@ def write_split_manifests(rows: List[dict], split: str, manifest_dir,
     return cuts
 
 
-def write_noise_manifests(rows: List[dict], manifest_dir, prefix: str = PREFIX) -> CutSet:
+def write_noise_manifests(rows: List[dict], manifest_dir, prefix: str, split: str) -> CutSet:
     """Noise recordings (no supervisions) as recordings and cuts, for on-the-fly mixing."""
     recordings = RecordingSet.from_recordings(load_recording(r["audio"], r["id"]) for r in rows)
     noise_type = {r["id"]: r.get("noise_type", "unknown") for r in rows}
     cuts = CutSet.from_cuts(fastcopy(c, custom={"noise_type": noise_type[c.recording_id]})
                             for c in make_cuts(recordings))
-    paths = manifest_paths(manifest_dir, "noise", prefix)
+    paths = manifest_paths(manifest_dir, split, prefix)
     paths["cuts"].parent.mkdir(parents=True, exist_ok=True)
     recordings.to_file(paths["recordings"])
     cuts.to_file(paths["cuts"])

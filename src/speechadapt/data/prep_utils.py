@@ -1,12 +1,11 @@
-"""Small helpers for data-preparation stages: done markers, YAML configs, jsonl."""
+"""Small helpers for data-preparation stages: done markers, input stamps, jsonl."""
 
-import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -36,28 +35,19 @@ def mark_done(out_dir: PathLike, stage: str, settings: Dict[str, Any]) -> None:
     path.write_text(json.dumps(settings, indent=1, sort_keys=True))
 
 
-def load_yaml_section(path: Optional[PathLike], section: str) -> Dict[str, Any]:
-    """``section`` of a YAML file as a dict ({} when ``path`` is None)."""
-    if path is None:
-        return {}
-    import yaml
-
+def file_stamp(path: PathLike) -> Dict[str, Any]:
+    """Path, size and modification time: what a done marker compares to notice a
+    changed input file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if section not in data:
-        raise KeyError(f"config file {path} has no '{section}:' section")
-    return dict(data[section] or {})
+        raise FileNotFoundError(f"{path} does not exist")
+    stat = path.stat()
+    return {"path": str(path), "size": stat.st_size, "mtime": stat.st_mtime}
 
 
-def dataclass_from_mapping(cls, values: Dict[str, Any], source: str = "config"):
-    """Build dataclass ``cls`` from ``values``; unknown keys are an error naming them."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise KeyError(f"{source}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
-    return cls(**values)
+def comma_list(value: str) -> List[str]:
+    """'a,b,,c' -> ['a', 'b', 'c'] (argparse type of split lists)."""
+    return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
 def write_jsonl(rows: Iterable[Dict[str, Any]], path: PathLike) -> Path:
@@ -86,30 +76,3 @@ def progress_disabled() -> bool:
 
 def setup_stage_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s")
-
-
-def add_dataclass_overrides(parser, cls) -> None:
-    """One ``--field-name`` flag per dataclass field (default None = keep the config's).
-
-    List fields take comma-separated values ("en-us,en+m3" or "20,30").
-    """
-    for f in dataclasses.fields(cls):
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                            help=f"override {f.name} (comma-separated for lists)")
-
-
-def apply_overrides(cls, base: Dict[str, Any], args) -> Dict[str, Any]:
-    """``base`` with every non-None ``args.<field>`` parsed to the field's default type."""
-    out = dict(base)
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        raw = getattr(args, f.name, None)
-        if raw is None:
-            continue
-        current = getattr(defaults, f.name)
-        if isinstance(current, list):
-            item_type = type(current[0]) if current else str
-            out[f.name] = [item_type(v) for v in str(raw).split(",") if v.strip()]
-        else:
-            out[f.name] = type(current)(raw)
-    return out

@@ -1,38 +1,20 @@
-"""CTC text side: the BPE model, transcripts -> token ids, greedy ids -> words."""
+"""Greedy (best-path) CTC decoding: the one collapse every CTC model uses."""
 
-from pathlib import Path
-from typing import List, Sequence
+from typing import List
 
 import torch
-
-from speechadapt.decoding.results import DecodeFn
-
-
-def load_bpe(lang_dir):
-    """The sentencepiece model of an icefall-style ``lang_bpe_N`` directory."""
-    import sentencepiece as spm
-
-    path = Path(lang_dir) / "bpe.model"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run prepare.sh (the BPE stage) first")
-    return spm.SentencePieceProcessor(model_file=str(path))
+from torch import Tensor
 
 
-def texts_to_ids(sp, texts: Sequence[str]) -> List[List[int]]:
-    """Lower-cased (the BPE model is trained on lower-cased text); an empty text is an error."""
-    ids = sp.encode([t.lower() for t in texts], out_type=int)
-    empty = [t for t, i in zip(texts, ids) if not i]
-    if empty:
-        raise ValueError(f"{len(empty)} transcripts encode to no tokens, e.g. {empty[:2]!r}")
-    return ids
+def greedy_ctc_collapse(logits: Tensor, lengths: Tensor, blank_id: int) -> List[List[int]]:
+    """Batched best path: argmax per frame, merge repeats, drop blanks.
 
-
-def ctc_greedy_texts(model, sp) -> DecodeFn:
-    """decode_fn for :func:`speechadapt.decoding.results.decode_dataloader`: greedy CTC,
-    BPE pieces joined back into words."""
-
-    @torch.no_grad()
-    def decode(x: torch.Tensor, lens: torch.Tensor) -> List[str]:
-        return [sp.decode(ids) for ids in model.greedy_decode(x, lens)]
-
-    return decode
+    logits (or log-probs): (N, T, C); lengths: (N,) valid frames.
+    """
+    best = logits.argmax(dim=-1)  # (N, T)
+    frames = torch.arange(best.shape[1], device=best.device)
+    valid = frames.unsqueeze(0) < lengths.to(best.device).unsqueeze(1)
+    changed = torch.ones_like(valid)
+    changed[:, 1:] = best[:, 1:] != best[:, :-1]
+    keep = valid & changed & (best != blank_id)
+    return [row[mask].tolist() for row, mask in zip(best.cpu(), keep.cpu())]

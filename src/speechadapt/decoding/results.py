@@ -6,47 +6,41 @@ under ``exp_dir/decode/``, plus one ``results.jsonl`` record per (sub)set. Subse
 """
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from speechadapt.data.batch import batch_inputs
+from speechadapt.data.batch import SpeechBatch
+from speechadapt.data.datamodule import is_padding_duplicate
 from speechadapt.decoding.scoring import Result, ResultRecord, append_result, count_errors, store_transcripts, write_error_stats
 from speechadapt.decoding.text_norm import normalize_words
 from speechadapt.utils.io import atomic_write_text
+from speechadapt.utils.progress import Progress
 
-FRAME_SHIFT_S = 0.01
-DecodeFn = Callable[[torch.Tensor, torch.Tensor], List[str]]
-
-
-def is_padding_duplicate(cut_id: str) -> bool:
-    """Copies a DDP sampler adds to even out the last round (ids end in ``_dup<N>``)."""
-    from speechadapt.data.datamodule import is_padding_duplicate as check
-
-    return check(cut_id)
+TranscribeFn = Callable[[SpeechBatch], List[str]]
 
 
 @torch.no_grad()
-def decode_dataloader(decode_fn: DecodeFn, dataloader, device) -> Tuple[List[Result], float]:
+def decode_dataloader(transcribe: TranscribeFn, dataloader, desc: str = "decoding") -> Tuple[List[Result], float]:
     """[(cut id, ref words, hyp words)] sorted by id, and the seconds of audio decoded.
 
-    ``decode_fn(features, lengths)`` returns one hypothesis text per utterance.
-    Padding duplicates are dropped, so every cut is scored once.
+    ``transcribe(batch)`` returns one hypothesis text per utterance (a model's
+    ``transcribe``). Padding duplicates are dropped, so every cut is scored once.
     """
-    from tqdm import tqdm
-
     results, audio_s = [], 0.0
-    for batch in tqdm(dataloader, desc="decoding", disable=not sys.stderr.isatty()):
-        x, lens, texts, ids = batch_inputs(batch, device)
-        hyps = decode_fn(x, lens)
-        for cut_id, ref, hyp, n in zip(ids, texts, hyps, lens.tolist()):
+    progress = Progress(dataloader, desc, every_n=0)
+    for batch in progress:
+        hyps = transcribe(batch)
+        if len(hyps) != len(batch):
+            raise ValueError(f"{len(hyps)} hypotheses for a batch of {len(batch)}")
+        for cut_id, ref, hyp, seconds in zip(batch.cut_ids, batch.texts, hyps, batch.durations):
             if is_padding_duplicate(cut_id):
                 continue
             results.append((cut_id, normalize_words(ref), normalize_words(hyp)))
-            audio_s += n * FRAME_SHIFT_S
+            audio_s += seconds
+        progress.add(audio_s=batch.audio_seconds)
     return sorted(results), audio_s
 
 

@@ -1,47 +1,42 @@
 """Zipformer-CTC: icefall's Zipformer encoder with its ``ctc_output`` head.
 
-Implements the CTC-model protocol shared with the Hugging Face adapters:
-``ctc_logits``, ``forward`` (log-probs), ``blank_id``, ``vocab_size``,
-``greedy_decode``; plus ``ctc_loss`` (torch's CTC, no k2). state_dict keys are exactly
-icefall's ``encoder_embed.*``, ``encoder.*`` and ``ctc_output.1.*``, so icefall CTC
-checkpoints load strictly (``speechadapt.models.zipformer.checkpoint``).
+state_dict keys are exactly icefall's ``encoder_embed.*``, ``encoder.*`` and
+``ctc_output.1.*``, so icefall CTC checkpoints load strictly
+(``speechadapt.models.zipformer.checkpoint``). The model interface
+(``compute_loss``, ``transcribe``, parameter groups, ``spec``) comes from
+:class:`speechadapt.models.ctc_base.CtcAsrMixin`; the text side is the BPE model of
+the recipe's ``lang_bpe_N`` directory (``tokenizer``), which the registry attaches.
 """
 
-from typing import List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from speechadapt.models.ctc_base import BpeTokenizer, CtcAsrMixin
 from speechadapt.models.zipformer import ZipformerBase, ZipformerConfig
+from speechadapt.utils.config import config_to_dict
 
 
-def greedy_ctc_collapse(log_probs: Tensor, lengths: Tensor, blank_id: int) -> List[List[int]]:
-    """Batched best-path decoding: argmax per frame, merge repeats, drop blanks.
-
-    log_probs (or logits): (N, T, C); lengths: (N,) valid frames.
-    """
-    best = log_probs.argmax(dim=-1)  # (N, T)
-    frames = torch.arange(best.shape[1], device=best.device)
-    valid = frames.unsqueeze(0) < lengths.to(best.device).unsqueeze(1)
-    changed = torch.ones_like(valid)
-    changed[:, 1:] = best[:, 1:] != best[:, :-1]
-    keep = valid & changed & (best != blank_id)
-    return [row[mask].tolist() for row, mask in zip(best.cpu(), keep.cpu())]
-
-
-class ZipformerCtc(ZipformerBase):
+class ZipformerCtc(CtcAsrMixin, ZipformerBase):
     """Zipformer encoder -> Dropout(0.1) -> Linear(D, vocab) -> LogSoftmax."""
 
+    input_kind = "fbank"
+    method_name = "zipformer-ctc"
+    group_prefixes = {"encoder": ("encoder_embed.", "encoder."), "decoder": ("ctc_output.",)}
+
     def __init__(self, config: Union[ZipformerConfig, dict, str], vocab_size: int,
-                 blank_id: int = 0):
+                 blank_id: int = 0, tokenizer: Optional[BpeTokenizer] = None):
         super().__init__(config)
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2 (blank + a symbol), got {vocab_size}")
         if not 0 <= blank_id < vocab_size:
             raise ValueError(f"blank_id {blank_id} outside [0, {vocab_size})")
+        if tokenizer is not None and tokenizer.vocab_size != vocab_size:
+            raise ValueError(f"the BPE model {tokenizer.model_file} has {tokenizer.vocab_size} pieces, "
+                             f"the model {vocab_size} outputs")
         self.vocab_size = vocab_size
         self.blank_id = blank_id
+        self.tokenizer = tokenizer
         self.ctc_output = nn.Sequential(
             nn.Dropout(p=0.1), nn.Linear(self.output_dim, vocab_size), nn.LogSoftmax(dim=-1)
         )
@@ -56,34 +51,21 @@ class ZipformerCtc(ZipformerBase):
         logits, out_lens = self.ctc_logits(x, x_lens)
         return self.ctc_output[2](logits), out_lens
 
-    @torch.no_grad()
-    def greedy_decode(self, x: Tensor, x_lens: Tensor) -> List[List[int]]:
-        """Best-path token ids per input (repeats merged, blanks removed)."""
-        logits, out_lens = self.ctc_logits(x, x_lens)
-        return greedy_ctc_collapse(logits, out_lens, self.blank_id)
+    # ---- text side -----------------------------------------------------------------
+    def _tokenizer(self) -> BpeTokenizer:
+        if self.tokenizer is None:
+            raise RuntimeError("this ZipformerCtc has no BPE tokenizer: build it through "
+                               "speechadapt.models.registry (or pass tokenizer=BpeTokenizer(...))")
+        return self.tokenizer
 
-    def ctc_loss(self, x: Tensor, x_lens: Tensor,
-                 targets: Sequence[Sequence[int]]) -> Tuple[Tensor, int]:
-        """Summed CTC loss over the batch and the number of encoder output frames.
+    def encode_texts(self, texts: Sequence[str]) -> List[List[int]]:
+        return self._tokenizer().encode(texts)
 
-        Divide by the frames (or the utterances) to normalise, as icefall's trackers
-        do. Impossible alignments (too few frames) give 0 (zero_infinity).
-        """
-        if len(targets) != x.shape[0]:
-            raise ValueError(f"{len(targets)} targets for a batch of {x.shape[0]}")
-        flat = [int(t) for seq in targets for t in seq]
-        bad = [t for t in flat if t < 0 or t >= self.vocab_size or t == self.blank_id]
-        if bad:
-            raise ValueError(
-                f"target ids must be in [0, {self.vocab_size}) and not the blank "
-                f"{self.blank_id}; got e.g. {bad[:5]}"
-            )
-        log_probs, out_lens = self(x, x_lens)
-        target_lens = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
-        loss = F.ctc_loss(
-            log_probs.permute(1, 0, 2).float(),
-            torch.tensor(flat, dtype=torch.long),
-            out_lens.cpu().long(), target_lens,
-            blank=self.blank_id, reduction="sum", zero_infinity=True,
-        )
-        return loss, int(out_lens.sum())
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        return self._tokenizer().decode(ids)
+
+    # ---- rebuilding ----------------------------------------------------------------
+    def spec(self) -> Dict[str, Any]:
+        return {"kind": "zipformer_ctc", "encoder_config": config_to_dict(self.config),
+                "vocab_size": self.vocab_size, "blank_id": self.blank_id,
+                "bpe_model": None if self.tokenizer is None else self.tokenizer.model_file}

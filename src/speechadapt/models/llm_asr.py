@@ -13,8 +13,8 @@ What this module guarantees (the public reference recipe gets the first two wron
   * prompts are left-padded, so batched ``generate`` equals one-by-one decoding.
 """
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,10 @@ from speechadapt.models.llm_asr_prompt import (
     PromptBuilder,
     assemble,
 )
+from speechadapt.models.interface import DecodeOptions, SpeechModelMixin
 from speechadapt.models.projector import FrameStackProjector
+from speechadapt.training.metrics import MetricsTracker
+from speechadapt.utils.config import config_to_dict
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj")
 # Chat checkpoints ship sampling settings (Qwen2-Instruct: repetition_penalty 1.1 ...)
@@ -38,18 +41,20 @@ PLAIN_SEARCH = dict(do_sample=False, repetition_penalty=1.0, no_repeat_ngram_siz
 
 @dataclass
 class LlmAsrConfig:
-    stack_k: int = 4
+    stack_k: int = field(default=4, metadata={"help": "encoder frames stacked per LLM embedding"})
     projector_dropout: float = 0.1
-    use_lora: bool = True
+    use_lora: bool = field(default=True, metadata={"help": "false: the LLM stays frozen"})
     lora_r: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_targets: Tuple[str, ...] = LORA_TARGETS
-    train_special_tokens: bool = True
+    lora_targets: Tuple[str, ...] = field(default=LORA_TARGETS, metadata={"help": "module names"})
+    train_special_tokens: bool = field(default=True, metadata={
+        "help": "train the <start_speech>/<end_speech> embedding rows"})
     # MoSE: probability of dropping each encoder's slot per utterance in training
     # (drawn from torch's global RNG, which the training loop seeds per rank and
     # saves in checkpoints, so resume is exact).
-    mose_slot_dropout: float = 0.0
+    mose_slot_dropout: float = field(default=0.0, metadata={
+        "help": "MoSE: drop each encoder's slot with this probability in training"})
 
 
 @dataclass
@@ -84,12 +89,21 @@ def sample_slot_mask(batch_size: int, num_slots: int, p: float,
     return keep | all_dropped
 
 
-class LlmAsrModel(nn.Module):
-    def __init__(self, encoders: Sequence[nn.Module], llm: nn.Module, tokenizer, config: LlmAsrConfig = LlmAsrConfig()):
+class LlmAsrModel(SpeechModelMixin, nn.Module):
+    """``sources`` records the files the model was built from (LLM directory, encoder
+    checkpoints): with the config it is the model's spec."""
+
+    input_kind = "fbank"
+    group_prefixes = {"encoder": ("encoders.",), "projector": ("projectors.", "speech_token_embeddings"),
+                      "decoder": ("llm.",)}
+
+    def __init__(self, encoders: Sequence[nn.Module], llm: nn.Module, tokenizer, config: LlmAsrConfig = LlmAsrConfig(),
+                 sources: Optional[Dict[str, Any]] = None):
         super().__init__()
         if len(encoders) < 1:
             raise ValueError("LlmAsrModel needs at least one encoder")
         self.config = config
+        self.sources = dict(sources or {})
         self.tokenizer = tokenizer
         self.prompt = PromptBuilder(tokenizer, num_slots=len(encoders))
         self.encoders = nn.ModuleList(encoders)
@@ -124,6 +138,10 @@ class LlmAsrModel(nn.Module):
     @property
     def num_slots(self) -> int:
         return len(self.encoders)
+
+    @property
+    def method_name(self) -> str:
+        return "mose" if self.num_slots > 1 else "llm-asr"
 
     def train(self, mode: bool = True) -> "LlmAsrModel":
         super().train(mode)
@@ -195,7 +213,25 @@ class LlmAsrModel(nn.Module):
         correct = ((logits.argmax(-1) == targets) & valid).sum()
         return LlmAsrOutput(loss=loss, num_tokens=int(valid.sum()), num_correct=int(correct))
 
+    def compute_loss(self, batch) -> Tuple[torch.Tensor, MetricsTracker]:
+        """Summed token cross-entropy of a SpeechBatch; the tracker's "frames" are the
+        label tokens (the normaliser), "acc" the teacher-forced argmax hits."""
+        batch = batch.to(self.device)
+        out = self(batch.inputs, batch.input_lens, batch.texts)
+        info = MetricsTracker(unnormalised=["utterances"])
+        info["frames"] = float(out.num_tokens)
+        info["loss"] = float(out.loss.detach())
+        info["acc"] = float(out.num_correct)
+        info["utterances"] = float(len(batch))
+        return out.loss, info
+
     # ------------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def transcribe(self, batch, options: DecodeOptions = DecodeOptions()) -> List[str]:
+        batch = batch.to(self.device)
+        return self.decode(batch.inputs, batch.input_lens, max_new_tokens=options.max_new_tokens,
+                           num_beams=options.num_beams)
+
     @torch.no_grad()
     def decode(
         self,
@@ -236,6 +272,16 @@ class LlmAsrModel(nn.Module):
         from speechadapt.training.checkpoint import model_state_dict
 
         return model_state_dict(self, trainable_only=True)
+
+    def load_weights(self, state: Dict[str, torch.Tensor]) -> None:
+        """A trainable-only checkpoint (the usual one) or a complete state dict."""
+        if set(state) == set(self.state_dict()):
+            self.load_state_dict(state, strict=True)
+        else:
+            self.load_trainable_state_dict(state)
+
+    def spec(self) -> Dict[str, Any]:
+        return {"kind": "llm_asr", "config": config_to_dict(self.config), **self.sources}
 
     def load_trainable_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         expected = set(self.trainable_state_dict())

@@ -1,23 +1,40 @@
-"""Build an LLM-ASR model from files: encoder checkpoints, an LLM directory, flags.
+"""Build an LLM-ASR model from files: encoder checkpoints, an LLM directory, options.
 
-Shared by the training and decoding entry points so both see the same model:
-``add_llm_asr_arguments(parser)``, ``llm_asr_config_from_args(args)`` and
-``build_llm_asr_model(...)``.
+``LlmAsrOptions`` are the flags of ``train --model llm_asr`` (the model config plus the
+files it reads); ``build_llm_asr_model(options)`` loads everything, and the model's
+spec records the files with their fingerprints, so decoding rebuilds exactly the
+model that was trained, or says which file changed.
 """
 
-import argparse
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import List, Optional, Union
 
 from torch import nn
 
-from speechadapt.models.llm_asr import LORA_TARGETS, LlmAsrConfig, LlmAsrModel
+from speechadapt.models.llm_asr import LlmAsrConfig, LlmAsrModel
 from speechadapt.models.llm_asr_prompt import SPEECH_TOKENS
-from speechadapt.utils.args import str2bool
+from speechadapt.utils.config import config_from_dict
 
 PathLike = Union[str, Path]
 _ENCODER_PREFIXES = ("encoder_embed.", "encoder.")
+
+
+@dataclass
+class LlmAsrOptions(LlmAsrConfig):
+    llm_dir: str = field(default="", metadata={"required": True, "help": "local Hugging Face Qwen2 directory"})
+    encoder_ckpt: List[str] = field(default_factory=list, metadata={
+        "required": True, "help": "Zipformer-CTC checkpoint(s) (epoch-E-avg-A.pt), comma-separated; several = MoSE"})
+    encoder_preset: List[str] = field(default_factory=lambda: ["tiny"], metadata={
+        "help": "Zipformer preset per --encoder-ckpt (one value applies to all)"})
+    encoder_pad_invariant: bool = field(default=True, metadata={
+        "help": "encoder output of an utterance independent of batch padding"})
+    llm_dtype: Optional[str] = field(default=None, metadata={"help": "e.g. bf16 on GPU; default: the checkpoint's"})
+
+    def model_config(self) -> LlmAsrConfig:
+        names = LlmAsrConfig.__dataclass_fields__
+        return config_from_dict(LlmAsrConfig, {k: v for k, v in vars(self).items() if k in names})
 
 
 def load_llm_for_asr(llm_dir: PathLike, device="cpu", dtype=None):
@@ -70,66 +87,55 @@ def load_frozen_encoder(path: PathLike, preset: str = "tiny", device="cpu", pad_
     return encoder.to(device).eval()
 
 
-def build_llm_asr_model(
-    llm_dir: PathLike,
-    encoder_ckpts: Sequence[PathLike],
-    encoder_presets: Sequence[str],
-    config: LlmAsrConfig,
-    device="cpu",
-    dtype=None,
-    pad_invariant: bool = True,
-) -> LlmAsrModel:
+def build_llm_asr_model(options: LlmAsrOptions, device="cpu") -> LlmAsrModel:
     """The model the entry points train and decode (LLM checked first: it is the
     usual missing piece)."""
-    if not encoder_ckpts:
+    from speechadapt.models.hf.loading import check_model_dir
+
+    if not options.encoder_ckpt:
         raise ValueError("give at least one --encoder-ckpt")
-    presets = list(encoder_presets)
+    presets = list(options.encoder_preset)
     if len(presets) == 1:
-        presets = presets * len(encoder_ckpts)
-    if len(presets) != len(encoder_ckpts):
-        raise ValueError(f"{len(encoder_ckpts)} --encoder-ckpt files but {len(presets)} --encoder-preset values")
-    llm, tokenizer = load_llm_for_asr(llm_dir, device=device, dtype=dtype)
-    encoders = [load_frozen_encoder(p, preset, device, pad_invariant) for p, preset in zip(encoder_ckpts, presets)]
-    model = LlmAsrModel(encoders, llm, tokenizer, config).to(device)
+        presets = presets * len(options.encoder_ckpt)
+    if len(presets) != len(options.encoder_ckpt):
+        raise ValueError(f"{len(options.encoder_ckpt)} --encoder-ckpt files but {len(presets)} --encoder-preset values")
+    llm_dir = check_model_dir(options.llm_dir, "qwen2").resolve()
+    missing = [str(p) for p in options.encoder_ckpt if not Path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--encoder-ckpt file(s) not found: {', '.join(missing)} (train the "
+                                f"Zipformer-CTC first and average it, e.g. exp/ctc/epoch-E-avg-A.pt)")
+    ckpts = [Path(p).resolve() for p in options.encoder_ckpt]
+    llm, tokenizer = load_llm_for_asr(llm_dir, device=device, dtype=options.llm_dtype)
+    encoders = [load_frozen_encoder(p, preset, device, options.encoder_pad_invariant)
+                for p, preset in zip(ckpts, presets)]
+    sources = dict(llm_dir=str(llm_dir), encoder_ckpt=[str(p) for p in ckpts], encoder_preset=presets,
+                   encoder_pad_invariant=options.encoder_pad_invariant, llm_dtype=options.llm_dtype,
+                   fingerprints=source_fingerprints(llm_dir, ckpts))
+    model = LlmAsrModel(encoders, llm, tokenizer, options.model_config(), sources=sources).to(device)
     logging.info(f"LLM-ASR with {len(encoders)} encoder(s): {model.num_trainable()} trainable parameters")
     return model
 
 
-def add_llm_asr_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    d = LlmAsrConfig()
-    g = parser.add_argument_group("LLM-ASR model")
-    g.add_argument("--llm-dir", type=Path, required=True, help="local Hugging Face Qwen2 directory")
-    g.add_argument("--encoder-ckpt", type=Path, nargs="+", required=True,
-                   help="Zipformer-CTC checkpoint(s) (epoch-E-avg-A.pt); several = MoSE")
-    g.add_argument("--encoder-preset", nargs="+", default=["tiny"],
-                   help="Zipformer preset per --encoder-ckpt (one value applies to all)")
-    g.add_argument("--encoder-pad-invariant", type=str2bool, default=True,
-                   help="encoder output of an utterance independent of batch padding")
-    g.add_argument("--stack-k", type=int, default=d.stack_k, help="encoder frames stacked per LLM embedding")
-    g.add_argument("--projector-dropout", type=float, default=d.projector_dropout)
-    g.add_argument("--use-lora", type=str2bool, default=d.use_lora, help="false: the LLM stays frozen")
-    g.add_argument("--lora-r", type=int, default=d.lora_r)
-    g.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    g.add_argument("--lora-dropout", type=float, default=d.lora_dropout)
-    g.add_argument("--lora-targets", type=lambda s: tuple(t for t in s.split(",") if t),
-                   default=LORA_TARGETS, help="comma-separated module names")
-    g.add_argument("--train-special-tokens", type=str2bool, default=d.train_special_tokens,
-                   help="train the <start_speech>/<end_speech> embedding rows")
-    g.add_argument("--mose-slot-dropout", type=float, default=d.mose_slot_dropout,
-                   help="MoSE: drop each encoder's slot with this probability in training")
-    g.add_argument("--llm-dtype", default=None, help="e.g. bf16 on GPU; default: the checkpoint's")
-    return parser
+def source_fingerprints(llm_dir: Path, encoder_ckpts: List[Path]) -> dict:
+    """Fingerprints of the frozen parts' files (the LLM weights and config, the encoders)."""
+    from speechadapt.models.hf.loading import WEIGHT_FILES, WEIGHT_INDEX_FILES
+    from speechadapt.utils.io import file_fingerprint
+
+    names = ("config.json",) + WEIGHT_FILES + WEIGHT_INDEX_FILES
+    files = [llm_dir / n for n in names if (llm_dir / n).is_file()] + list(encoder_ckpts)
+    return {str(f): file_fingerprint(f) for f in files}
 
 
-def llm_asr_config_from_args(args: argparse.Namespace) -> LlmAsrConfig:
-    return LlmAsrConfig(
-        stack_k=args.stack_k,
-        projector_dropout=args.projector_dropout,
-        use_lora=args.use_lora,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        lora_targets=tuple(args.lora_targets),
-        train_special_tokens=args.train_special_tokens,
-        mose_slot_dropout=args.mose_slot_dropout,
-    )
+def rebuild_llm_asr_model(spec: dict, device="cpu") -> LlmAsrModel:
+    """The model a spec describes; a frozen part whose file changed since training is
+    an error (the trainable weights would be applied to another model)."""
+    from speechadapt.utils.io import file_fingerprint
+
+    changed = [f for f, stamp in (spec.get("fingerprints") or {}).items()
+               if not Path(f).is_file() or file_fingerprint(f) != stamp]
+    if changed:
+        raise ValueError(f"the LLM-ASR model was trained on other versions of {changed}: these files are "
+                         f"missing or changed since (retrained?); retrain the LLM-ASR stage, or restore them")
+    options = config_from_dict(LlmAsrOptions, {**spec["config"], **{k: spec[k] for k in (
+        "llm_dir", "encoder_ckpt", "encoder_preset", "encoder_pad_invariant", "llm_dtype")}})
+    return build_llm_asr_model(options, device)

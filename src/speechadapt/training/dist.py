@@ -113,6 +113,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s parameters and buffers (what DDP does at start)."""
+    if get_world_size() > 1:
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(tensor.data, src)
+
+
 def barrier() -> None:
     if get_world_size() > 1:
         dist.barrier()

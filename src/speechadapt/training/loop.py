@@ -1,29 +1,36 @@
-"""One training loop for every stage (CTC, LLM-ASR, fine-tuning).
+"""One training loop for every stage and every method (training, fine-tuning, the
+text LM; first-order and zeroth-order alike).
 
-The caller supplies the model, the dataloaders and
-``compute_loss(model, batch, is_training) -> (loss, info)`` where ``loss`` is a
-scalar tensor *summed* over the batch and ``info`` a MetricsTracker holding at least
-"frames" (the normaliser) and "loss".
+The caller supplies a model with ``compute_loss(batch) -> (loss, info)`` (``loss`` a
+scalar tensor *summed* over the batch, ``info`` a MetricsTracker holding at least
+"frames", the normaliser, and "loss"), the dataloaders, and the optimiser's and the
+schedule's configs (or built objects).
 
-The loop does: device placement of the model, freezing by name pattern, DDP, AMP
-(CUDA only), optimiser and schedule, backward on ``loss * world_size /
-frames_all_ranks`` (``--loss-norm frames``: after DDP's gradient averaging this equals
-one process on the concatenated batch) or on ``loss`` (``sum``), gradient clipping,
-the non-finite guard (all ranks skip together), ``model.set_batch_count(n)`` and user
-hooks before each batch, the running average model, validation (every N batches and
-at epoch end, reduced over ranks), logging/TensorBoard/tqdm on rank 0, checkpoints
-and exact resume (RNG states of every rank, data position, optimiser, schedule).
+Every update is one ``optimizer.step(loss_fn)`` (:mod:`speechadapt.training.optim`):
+``loss_fn`` runs the model on the batch and returns ``loss * world_size /
+frames_all_ranks`` (``--loss-norm frames``: after DDP's gradient averaging, or the ZO
+optimiser's loss averaging, this equals one process on the concatenated batch) or the
+summed loss (``sum``). A first-order optimiser back-propagates and steps inside it; a
+zeroth-order one evaluates it 2q (+1) times in eval mode under inference mode, on a
+model that is not wrapped in DDP (the ranks share the perturbation seeds and average
+the losses, so their parameters stay identical).
 
-Left to the model side: moving the batch to ``trainer.device``, augmentation
-(SpecAugment etc., drawn from the global RNGs so resume reproduces it), the loss and
-its metrics, building the dataloaders (``--max-duration`` goes to the sampler), and
-loading pre-trained weights before the loop starts.
+The loop does the rest: device placement, freezing by name pattern, DDP, AMP (CUDA
+only), the schedule, the non-finite guard (all ranks skip together),
+``model.set_batch_count(n)`` and user hooks before each batch, the running average
+model, validation (every N batches and at epoch end, reduced over ranks),
+logging/TensorBoard/progress on rank 0 (tqdm on a terminal, log lines in batch jobs),
+checkpoints and exact resume (RNG states of every rank, data position, optimiser,
+ZO generator, schedule).
+
+Left to the model side: moving the batch to its device, augmentation drawn from the
+global RNGs (so resume reproduces it), the loss and its metrics. Left to the entry
+point: the dataloaders and pre-trained weights.
 """
 
 import logging
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -31,14 +38,15 @@ import torch
 import torch.nn as nn
 
 from speechadapt.training import checkpoint as ckpt
-from speechadapt.training.dist import DistInfo, all_reduce_sum, barrier, get_world_size
+from speechadapt.training.dist import DistInfo, all_reduce_sum, barrier, broadcast_parameters, get_world_size
 from speechadapt.training.metrics import MetricsTracker
-from speechadapt.training.optim import build_optimizer, build_scheduler
+from speechadapt.training.optim import OptimizerConfig, build_optimizer
 from speechadapt.training.options import TrainingConfig
+from speechadapt.training.schedulers import SchedulerConfig, build_scheduler
 from speechadapt.training.state import (find_epoch_sampler, fix_random_seed, get_rng_state,
                                         iterate_from, sampler_state, set_rng_state)
+from speechadapt.utils.progress import Progress
 
-ComputeLoss = Callable[[nn.Module, Any, bool], Tuple[torch.Tensor, MetricsTracker]]
 Hook = Callable[["Trainer"], None]
 
 # Ranks get distinct seeds (different dropout/augmentation), reproducible per epoch.
@@ -49,25 +57,39 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class LossForward(nn.Module):
+    """``forward(batch)`` = ``model.compute_loss(batch)``: what DDP wraps, so its
+    gradient hooks see the loss of any model of the interface."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch) -> Tuple[torch.Tensor, MetricsTracker]:
+        return self.model.compute_loss(batch)
+
+
 class Trainer:
     def __init__(
         self,
         config: TrainingConfig,
         model: nn.Module,
-        compute_loss: ComputeLoss,
         train_dl,
         valid_dl=None,
         dist_info: Optional[DistInfo] = None,
-        optimizer: Optional[torch.optim.Optimizer] = None,
+        optimizer_config: Optional[OptimizerConfig] = None,
+        scheduler_config: Optional[SchedulerConfig] = None,
+        optimizer=None,
         scheduler=None,
         batch_hooks: Optional[List[Hook]] = None,
         valid_hooks: Optional[List[Callable[["Trainer", MetricsTracker], None]]] = None,
     ):
         config.validate()
+        if not hasattr(model, "compute_loss"):
+            raise TypeError(f"{type(model).__name__} has no compute_loss(batch): see speechadapt.models.interface")
         self.config = config
         self.dist = dist_info or DistInfo()
         self.device = self.dist.device
-        self.compute_loss = compute_loss
         self.train_dl, self.valid_dl = train_dl, valid_dl
         self.batch_hooks = list(batch_hooks or [])
         self.valid_hooks = list(valid_hooks or [])
@@ -77,15 +99,14 @@ class Trainer:
 
         self.model = model.to(self.device)
         freeze_by_pattern(self.model, config.freeze_pattern)
-        self.optimizer = optimizer or build_optimizer(
-            self.model.parameters(), config.optimizer, config.base_lr, config.weight_decay,
-            clipping_scale=config.clipping_scale)
-        self.scheduler = scheduler or build_scheduler(
-            self.optimizer, config.scheduler, config.lr_batches, config.lr_epochs,
-            config.warmup_batches, self._total_steps())
         self.amp_dtype = self._amp_dtype()
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.ddp_model = self._wrap_ddp(self.model)
+        self.optimizer = optimizer or build_optimizer(
+            self.model.named_parameters(), optimizer_config or OptimizerConfig(), self.grad_scaler)
+        self.zeroth_order = bool(getattr(self.optimizer, "zeroth_order", False))
+        self.scheduler = scheduler or build_scheduler(
+            self.optimizer, scheduler_config or SchedulerConfig(), self._total_steps(scheduler_config))
+        self.loss_module = self._wrap_ddp(LossForward(self.model))
         self.model_avg = self._init_model_avg()
 
         self.params: Dict[str, Any] = {
@@ -93,19 +114,20 @@ class Trainer:
             "avg_batch_idx": 0, "best_valid_loss": math.inf, "best_valid_epoch": -1,
             "valid_loss": math.inf, "epoch_valid_losses": {}, "bad_in_row": 0,
             "seed": config.seed, "world_size": self.dist.world_size,
-            "trainable_only": config.save_trainable_only,
+            "trainable_only": config.save_trainable_only, "batches_per_epoch": 0,
         }
         self._resume_rng: Optional[Dict] = None
         self.tb_writer = self._tensorboard()
 
     # ---- set-up ----------------------------------------------------------------
-    def _total_steps(self) -> int:
-        if self.config.scheduler != "tri_stage" or self.config.total_steps > 0:
-            return self.config.total_steps
+    def _total_steps(self, scheduler_config: Optional[SchedulerConfig]) -> int:
+        """The run's length in updates, when the schedule needs it and can know it."""
+        if scheduler_config is None or not scheduler_config.needs_total_steps or scheduler_config.total_steps:
+            return 0
         try:
             return self.config.num_epochs * len(self.train_dl)
         except TypeError:
-            raise ValueError("--scheduler tri_stage needs --total-steps (this loader has no len)")
+            return 0  # a lhotse sampler has no length: build_scheduler asks for --total-steps
 
     def _amp_dtype(self) -> Optional[torch.dtype]:
         wanted = torch.float16 if self.config.use_fp16 else torch.bfloat16 if self.config.use_bf16 else None
@@ -116,6 +138,10 @@ class Trainer:
 
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
         if self.dist.world_size <= 1:
+            return model
+        if self.zeroth_order:
+            # No gradients to synchronise: start every rank from rank 0's weights.
+            broadcast_parameters(model)
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(
@@ -208,19 +234,28 @@ class Trainer:
         return iterator
 
     def train_one_epoch(self, epoch: int) -> MetricsTracker:
-        self.ddp_model.train()
+        # Zeroth-order queries run in eval mode: dropout would make L+ and L- disagree.
+        self.loss_module.train(not self.zeroth_order)
         iterator = self._start_epoch_iterator(epoch)
         epoch_info: Optional[MetricsTracker] = None
-        for batch in self._progress(iterator, epoch):
+        self.progress = self._progress(iterator, epoch)
+        for batch in self.progress:
             self.params["batch_idx_in_epoch"] += 1
             self.params["batch_idx_train"] += 1
             info = self.train_step(batch)
             if info is not None:
                 epoch_info = info if epoch_info is None else epoch_info + info
+                self.progress.add(frames=info.get("frames", 0.0))
                 self._log_train(info, epoch)
             self._after_step()
             if self.should_stop:
                 break
+        if not self.should_stop:
+            if self.params["batch_idx_in_epoch"] == 0:
+                raise ValueError(f"epoch {epoch}: the training loader yielded no batch (a bucketing sampler "
+                                 f"with --drop-last true drops buckets that never fill --max-duration: lower "
+                                 f"--max-duration or --num-buckets, or pass --drop-last false)")
+            self.params["batches_per_epoch"] = int(self.params["batch_idx_in_epoch"])
         epoch_info = epoch_info if epoch_info is not None else MetricsTracker()
         epoch_info.reduce(self._reduce_device())
         logging.info(f"epoch {epoch} train: {epoch_info}")
@@ -230,12 +265,13 @@ class Trainer:
     def _reduce_device(self) -> Optional[torch.device]:
         return self.device if self.device.type == "cuda" else None
 
-    def _progress(self, iterator, epoch: int):
-        if not self.is_main or not sys.stderr.isatty():
-            return iterator
-        from tqdm import tqdm
-
-        return tqdm(iterator, desc=f"epoch {epoch}", initial=int(self.params["batch_idx_in_epoch"]))
+    def _progress(self, iterator, epoch: int) -> Progress:
+        try:
+            total = len(self.train_dl)
+        except TypeError:  # lhotse samplers: known after the first epoch
+            total = int(self.params.get("batches_per_epoch") or 0) or None
+        return Progress(iterator, f"epoch {epoch}", total=total, initial=int(self.params["batch_idx_in_epoch"]),
+                        enabled=self.is_main, every_n=0, every_s=self.config.progress_seconds)
 
     def _run_batch_hooks(self) -> None:
         model = ckpt.unwrap_model(self.model)
@@ -245,52 +281,49 @@ class Trainer:
             hook(self)
 
     def train_step(self, batch) -> Optional[MetricsTracker]:
-        """Forward, guard, backward, step. Returns the batch's metrics (None if skipped)."""
+        """One update through ``optimizer.step``. Returns the batch's metrics (None if skipped)."""
         self._run_batch_hooks()
-        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            loss, info = self.compute_loss(self.ddp_model, batch, True)
-        frames = float(info.get("frames", 0.0)) if self.config.loss_norm == "frames" else 1.0
-        # One all-reduce gives the global normaliser and whether any rank went bad,
-        # so every rank skips together (DDP would hang otherwise).
-        stats = torch.tensor([frames, 0.0 if torch.isfinite(loss).item() else 1.0],
-                             dtype=torch.float64, device=self.device)
-        all_reduce_sum(stats)
-        if stats[1] > 0:
-            self._skip_bad_batch("non-finite loss")
+        loss_fn, seen = self._loss_fn(batch)
+        loss = self.optimizer.step(loss_fn)
+        if self.optimizer.skipped:
+            self._skip_bad_batch(self.optimizer.skipped)
             return None
-        scale = get_world_size() / float(stats[0]) if self.config.loss_norm == "frames" else 1.0
-        if scale == math.inf:
-            raise ValueError("compute_loss reported 0 frames: set info['frames'] (or --loss-norm sum)")
-        self.grad_scaler.scale(loss * scale).backward()
-        if not self._optimizer_step():
-            self._skip_bad_batch("non-finite gradient")
-            return None
+        info = seen["info"]
+        if self.zeroth_order:
+            # The step's loss (mean over the queries) in place of the first query's.
+            info["loss"] = loss / seen["scale"]
         self.params["bad_in_row"] = 0
+        self.scheduler.step_batch(self.params["batch_idx_train"])
         return info
 
-    def _optimizer_step(self) -> bool:
-        """Clip, check and step; False if the gradients were not finite."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if self.grad_scaler.is_enabled():
-            self.grad_scaler.unscale_(self.optimizer)
-        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm) if params else torch.tensor(0.0)
-        if self.grad_scaler.is_enabled():
-            # The scaler skips inf steps itself and lowers its scale: normal for fp16.
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        elif not torch.isfinite(norm):
-            self.optimizer.zero_grad(set_to_none=True)
-            return False
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step_batch(self.params["batch_idx_train"])
-        return True
+    def _loss_fn(self, batch):
+        """``loss_fn(grad_enabled)`` for the optimiser, and what its first call saw (the
+        metrics, the global normaliser). The normaliser and the non-finite check take
+        one all-reduce, so every rank agrees to skip a bad batch (DDP would hang)."""
+        seen: Dict[str, Any] = {}
+
+        def loss_fn(grad_enabled: bool = True) -> torch.Tensor:
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                loss, info = self.loss_module(batch)
+            if "scale" not in seen:
+                seen["info"] = info
+                frames = float(info.get("frames", 0.0)) if self.config.loss_norm == "frames" else 1.0
+                stats = torch.tensor([frames, 0.0 if torch.isfinite(loss).item() else 1.0],
+                                     dtype=torch.float64, device=self.device)
+                all_reduce_sum(stats)
+                if float(stats[0]) <= 0:
+                    raise ValueError("compute_loss reported 0 frames on every rank: set info['frames'] "
+                                     "(or train with --loss-norm sum)")
+                seen["bad"] = bool(stats[1] > 0)
+                seen["scale"] = get_world_size() / float(stats[0]) if self.config.loss_norm == "frames" else 1.0
+            if seen["bad"]:
+                return torch.full((), math.nan, device=loss.device)
+            return loss * seen["scale"]
+
+        return loss_fn, seen
 
     def _skip_bad_batch(self, why: str) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
         self.params["bad_in_row"] += 1
         self.params["num_bad_batches"] = self.params.get("num_bad_batches", 0) + 1
         logging.warning(f"batch {self.params['batch_idx_train']}: {why}, skipped "
@@ -327,7 +360,7 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         info = (info * 1.0).reduce(self._reduce_device())  # a reduced copy
         logging.info(f"epoch {epoch}, batch {self.params['batch_idx_in_epoch']} (global {b}), "
-                     f"lr {lr:.3g}: {info}")
+                     f"lr {lr:.3g}: {info}; {self.progress.line()}")
         if self.tb_writer is not None:
             self.tb_writer.add_scalar("train/learning_rate", lr, b)
             info.write_summary(self.tb_writer, "train/current_", b)
@@ -346,7 +379,7 @@ class Trainer:
         for batch in self.valid_dl:
             with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
-                _, info = self.compute_loss(model, batch, False)
+                _, info = model.compute_loss(batch)
             total = info if total is None else total + info
         total = total if total is not None else MetricsTracker()
         total.reduce(self._reduce_device())

@@ -4,7 +4,8 @@ Frame-level classification of synthetic "utterances" (lhotse dummy cuts whose
 features are drawn from a per-cut seed with a label-dependent mean), batched by a
 lhotse DynamicBucketingSampler, optional lhotse SpecAugment in the training path.
 Run it as any stage: ``python -m speechadapt.training.toy --exp-dir D --num-epochs 2``
-(``--world-size 2`` spawns; under ``torchrun`` it joins the launched group).
+(``--world-size 2`` spawns; under ``torchrun`` it joins the launched group), with any
+optimiser of the registry (``--optimizer mezo``).
 """
 
 import argparse
@@ -19,8 +20,11 @@ import torch.nn.functional as F
 from speechadapt.training.dist import cleanup_dist, launch, setup_dist
 from speechadapt.training.loop import Trainer
 from speechadapt.training.metrics import MetricsTracker
-from speechadapt.training.options import TrainingConfig, add_training_arguments
+from speechadapt.training.optim import OptimizerConfig
+from speechadapt.training.options import TrainingConfig
+from speechadapt.training.schedulers import SchedulerConfig
 from speechadapt.utils.args import str2bool
+from speechadapt.utils.flags import add_dataclass_arguments, dataclass_from_args, parse_args
 from speechadapt.utils.log import setup_logger
 
 NUM_FEATURES = 8
@@ -28,21 +32,43 @@ NUM_CLASSES = 4
 
 
 class ToyModel(nn.Module):
-    """Per-frame classifier, no dropout (so DDP can be compared to one process)."""
+    """Per-frame classifier, no dropout (so DDP can be compared to one process).
 
-    def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 16, num_classes: int = NUM_CLASSES):
+    ``compute_loss(batch)`` (the loop's interface): per-frame cross-entropy summed over
+    a batch of :func:`collate_cuts`, with SpecAugment in training mode when given.
+    """
+
+    def __init__(self, num_features: int = NUM_FEATURES, hidden: int = 16, num_classes: int = NUM_CLASSES,
+                 spec_augment=None):
         super().__init__()
         self.encoder = nn.Linear(num_features, hidden)
         self.norm = nn.LayerNorm(hidden)
         self.output = nn.Linear(hidden, num_classes)
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self.batch_count = 0
+        self.spec_augment = spec_augment
 
     def set_batch_count(self, count: int) -> None:
         self.batch_count = count
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output(self.norm(torch.tanh(self.encoder(x))))
+
+    def compute_loss(self, batch: Dict) -> Tuple[torch.Tensor, MetricsTracker]:
+        device = next(self.parameters()).device
+        x = batch["features"].to(device)
+        lens = batch["features_lens"].to(device)
+        if self.training and self.spec_augment is not None:
+            x = self.spec_augment(x)
+        logits = self(x)
+        mask = torch.arange(x.size(1), device=device)[None, :] < lens[:, None]
+        targets = batch["labels"].to(device)[:, None].expand(-1, x.size(1))
+        loss = F.cross_entropy(logits[mask], targets[mask], reduction="sum")
+        info = MetricsTracker(unnormalised=["utterances"])
+        info["frames"] = float(mask.sum())
+        info["utterances"] = float(x.size(0))
+        info["loss"] = float(loss.detach())
+        return loss, info
 
 
 def cut_label(cut_id: str) -> int:
@@ -116,33 +142,13 @@ def make_spec_augment():
                        num_frame_masks=1, frames_mask_size=5, p=0.9)
 
 
-class ToyLoss:
-    """compute_loss for the toy model: per-frame cross-entropy summed over the batch."""
-
-    def __init__(self, spec_augment=None):
-        self.spec_augment = spec_augment
-
-    def __call__(self, model: nn.Module, batch: Dict, is_training: bool) -> Tuple[torch.Tensor, MetricsTracker]:
-        device = next(model.parameters()).device
-        x = batch["features"].to(device)
-        lens = batch["features_lens"].to(device)
-        if is_training and self.spec_augment is not None:
-            x = self.spec_augment(x)
-        logits = model(x)
-        mask = torch.arange(x.size(1), device=device)[None, :] < lens[:, None]
-        targets = batch["labels"].to(device)[:, None].expand(-1, x.size(1))
-        loss = F.cross_entropy(logits[mask], targets[mask], reduction="sum")
-        info = MetricsTracker(unnormalised=["utterances"])
-        info["frames"] = float(mask.sum())
-        info["utterances"] = float(x.size(0))
-        info["loss"] = float(loss.detach())
-        return loss, info
-
-
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_arguments(parser)
+    add_dataclass_arguments(parser, TrainingConfig, "training")
+    add_dataclass_arguments(parser, OptimizerConfig, "optimizer")
+    add_dataclass_arguments(parser, SchedulerConfig, "learning-rate schedule")
     parser.add_argument("--num-cuts", type=int, default=24)
+    parser.add_argument("--max-duration", type=float, default=2.0, help="seconds per batch")
     parser.add_argument("--spec-augment", type=str2bool, default=True)
     return parser
 
@@ -150,20 +156,22 @@ def get_parser() -> argparse.ArgumentParser:
 def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     dist_info = setup_dist(rank, world_size)
     setup_logger(args.exp_dir, "train", dist_info.rank, dist_info.world_size)
-    config = TrainingConfig.from_args(args)
+    config = dataclass_from_args(TrainingConfig, args)
     cuts = make_toy_cuts(args.num_cuts)
-    train_dl = make_toy_dataloader(cuts, config.max_duration, seed=config.seed)
-    valid_dl = make_toy_dataloader(make_toy_cuts(8), config.max_duration, shuffle=False)
-    loss_fn = ToyLoss(make_spec_augment() if args.spec_augment else None)
+    train_dl = make_toy_dataloader(cuts, args.max_duration, seed=config.seed)
+    valid_dl = make_toy_dataloader(make_toy_cuts(8), args.max_duration, shuffle=False)
     torch.manual_seed(config.seed)  # same initial model on every rank
-    trainer = Trainer(config, ToyModel(), loss_fn, train_dl, valid_dl, dist_info)
+    model = ToyModel(spec_augment=make_spec_augment() if args.spec_augment else None)
+    trainer = Trainer(config, model, train_dl, valid_dl, dist_info,
+                      optimizer_config=dataclass_from_args(OptimizerConfig, args),
+                      scheduler_config=dataclass_from_args(SchedulerConfig, args))
     params = trainer.fit()
     logging.info(f"done: best valid loss {params['best_valid_loss']:.4f}")
     cleanup_dist()
 
 
-def main() -> None:
-    args = get_parser().parse_args()
+def main(argv=None) -> None:
+    args = parse_args(get_parser(), argv, entry_point="toy")
     launch(run, args.world_size, args)
 
 

@@ -39,3 +39,19 @@ def atomic_save(obj: Any, path: PathLike) -> Path:
 
 def atomic_write_text(text: str, path: PathLike) -> Path:
     return _atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def file_fingerprint(path: PathLike, window: int = 1 << 20) -> str:
+    """A cheap identity of a (possibly multi-GB) file: its size and a SHA-256 of its
+    first and last ``window`` bytes. Retraining a model and saving it again changes it."""
+    import hashlib
+
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(window))
+        if size > window:
+            f.seek(max(window, size - window))
+            digest.update(f.read(window))
+    return f"{size}:{digest.hexdigest()[:16]}"

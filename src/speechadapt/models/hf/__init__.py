@@ -1,12 +1,12 @@
 """Hugging Face models from local directories (Qwen2, Whisper, wav2vec2, HuBERT).
 
 Loaders never reach a hub (``local_files_only=True``) and explain a missing model;
-adapters give wav2vec2/HuBERT the CTC protocol of Zipformer-CTC and Whisper a
-``loss`` / ``generate`` interface. Tiny offline checkpoints live in
+adapters give wav2vec2/HuBERT and Whisper the project's model interface
+(:mod:`speechadapt.models.interface`). Tiny offline checkpoints live in
 :mod:`speechadapt.models.hf.fixtures`. transformers is imported only when used.
 """
 
-from speechadapt.models.hf.ctc_adapter import HFCtcAdapter, ctc_greedy_collapse
+from speechadapt.models.hf.ctc_adapter import HFCtcAdapter
 from speechadapt.models.hf.loading import (
     ModelDirError,
     check_model_dir,
@@ -25,7 +25,6 @@ __all__ = [
     "WhisperAdapter",
     "add_special_tokens",
     "check_model_dir",
-    "ctc_greedy_collapse",
     "load_hf_ctc",
     "load_qwen2",
     "load_whisper",

@@ -1,16 +1,19 @@
-"""wav2vec2 / HuBERT CTC models behind the same protocol as Zipformer-CTC.
+"""wav2vec2 / HuBERT CTC models behind the same interface as Zipformer-CTC.
 
-Protocol: ``ctc_logits(x, x_lens) -> (logits (N,T,C), out_lens)``, ``forward`` ->
-log-probs, ``blank_id``, ``vocab_size``, ``greedy_decode``. Here ``x`` is a padded
-16 kHz waveform batch ``(N, S)`` rather than fbank features; the per-utterance
-normalisation the feature extractor would apply is done in torch, on the valid
-samples only, so padding does not shift the statistics.
+``ctc_logits(x, x_lens) -> (logits (N,T,C), out_lens)``, ``forward`` -> log-probs,
+``blank_id``, ``vocab_size``; the CTC loss, greedy decoding, ``compute_loss`` and
+``transcribe`` come from :class:`speechadapt.models.ctc_base.CtcAsrMixin`. Here ``x``
+is a padded 16 kHz waveform batch ``(N, S)`` (``input_kind = "waveform"``) rather than
+fbank features; the per-utterance normalisation the feature extractor would apply is
+done in torch, on the valid samples only, so padding does not shift the statistics.
 """
 
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from speechadapt.models.ctc_base import CtcAsrMixin
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm)
 
@@ -20,26 +23,21 @@ def lengths_to_mask(lens: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lens.device)[None, :] < lens[:, None]
 
 
-def ctc_greedy_collapse(argmax: torch.Tensor, lens: torch.Tensor, blank_id: int) -> List[List[int]]:
-    """Best-path CTC: merge repeats, drop blanks, per utterance up to its length."""
-    hyps = []
-    for row, n in zip(argmax.tolist(), lens.tolist()):
-        out, prev = [], None
-        for token in row[: int(n)]:
-            if token != prev and token != blank_id:
-                out.append(token)
-            prev = token
-        hyps.append(out)
-    return hyps
-
-
-class HFCtcAdapter(nn.Module):
+class HFCtcAdapter(CtcAsrMixin, nn.Module):
     """Wraps a ``Wav2Vec2ForCTC`` / ``HubertForCTC`` and its ``Wav2Vec2Processor``."""
 
-    def __init__(self, model: nn.Module, processor):
+    input_kind = "waveform"
+
+    def __init__(self, model: nn.Module, processor, model_dir: Optional[str] = None,
+                 dtype: Optional[str] = None):
         super().__init__()
         self.model = model
         self.processor = processor
+        self.model_dir = model_dir
+        self.dtype_name = dtype
+        self.method_name = f"{model.config.model_type}-ctc"
+        prefix = f"model.{model.base_model_prefix}."
+        self.group_prefixes = {"encoder": (prefix,), "decoder": ("model.lm_head.",)}
         self.tokenizer = processor.tokenizer
         feature_extractor = processor.feature_extractor
         self.sampling_rate = int(feature_extractor.sampling_rate)
@@ -50,10 +48,6 @@ class HFCtcAdapter(nn.Module):
         self.blank_id = int(model.config.pad_token_id)
         self.vocab_size = int(model.config.vocab_size)
         self.word_delimiter = getattr(self.tokenizer, "word_delimiter_token", "|") or "|"
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -96,11 +90,6 @@ class HFCtcAdapter(nn.Module):
         logits, out_lens = self.ctc_logits(x, x_lens)
         return logits.float().log_softmax(dim=-1), out_lens
 
-    @torch.no_grad()
-    def greedy_decode(self, x: torch.Tensor, x_lens: torch.Tensor) -> List[List[int]]:
-        logits, out_lens = self.ctc_logits(x, x_lens)
-        return ctc_greedy_collapse(logits.argmax(dim=-1), out_lens, self.blank_id)
-
     def decode_text(self, ids: Sequence[int]) -> str:
         """Collapsed token ids -> words (``|`` separates words; special tokens dropped)."""
         special = set(self.tokenizer.all_special_ids) - {self.tokenizer.convert_tokens_to_ids(self.word_delimiter)}
@@ -112,8 +101,18 @@ class HFCtcAdapter(nn.Module):
         """Transcript -> label ids (upper-cased characters, ``|`` between words)."""
         return list(self.tokenizer(" ".join(text.upper().split()))["input_ids"])
 
-    def transcribe(self, x: torch.Tensor, x_lens: torch.Tensor) -> List[str]:
-        return [self.decode_text(h) for h in self.greedy_decode(x, x_lens)]
+    def encode_texts(self, texts: Sequence[str]) -> List[List[int]]:
+        ids = [[i for i in self.encode_text(t) if i != self.blank_id] for t in texts]
+        empty = [t for t, i in zip(texts, ids) if not i]
+        if empty:
+            raise ValueError(f"{len(empty)} transcripts encode to no characters, e.g. {empty[:2]!r}")
+        return ids
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        return self.decode_text(ids)
+
+    def spec(self) -> Dict[str, Any]:
+        return {"kind": "hf_ctc", "model_dir": self.model_dir, "dtype": self.dtype_name}
 
     def norm_and_extractor_parameters(self, include_extractor: bool = True) -> List[Tuple[str, nn.Parameter]]:
         """SUTA's default trainable set: LayerNorm/GroupNorm weights (+ conv front end and projection).

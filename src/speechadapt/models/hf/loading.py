@@ -187,7 +187,8 @@ def load_whisper(whisper_dir: PathLike, device: Union[str, torch.device] = "cpu"
     return _place(model, device), processor
 
 
-def _ctc_kind(model_dir: PathLike) -> str:
+def ctc_kind(model_dir: PathLike) -> str:
+    """'wav2vec2' or 'hubert', from the directory's config.json."""
     model_type = read_model_type(model_dir)
     if model_type in ("wav2vec2", "hubert"):
         return model_type
@@ -206,10 +207,11 @@ def load_hf_ctc(model_dir: PathLike, device: Union[str, torch.device] = "cpu", d
 
     from speechadapt.models.hf.ctc_adapter import HFCtcAdapter
 
-    path = check_model_dir(model_dir, _ctc_kind(model_dir))
+    path = check_model_dir(model_dir, ctc_kind(model_dir))
     processor = Wav2Vec2Processor.from_pretrained(path, local_files_only=True)
     model = AutoModelForCTC.from_pretrained(path, local_files_only=True, **_dtype_kwargs(dtype))
-    return HFCtcAdapter(_place(model, device), processor)
+    return HFCtcAdapter(_place(model, device), processor, model_dir=str(path),
+                        dtype=None if dtype is None else str(dtype))
 
 
 def load_whisper_adapter(
@@ -223,4 +225,5 @@ def load_whisper_adapter(
     from speechadapt.models.hf.seq2seq import WhisperAdapter
 
     model, processor = load_whisper(whisper_dir, device, dtype)
-    return WhisperAdapter(model, processor, language=language, task=task)
+    return WhisperAdapter(model, processor, language=language, task=task, model_dir=str(whisper_dir),
+                          dtype=None if dtype is None else str(dtype))

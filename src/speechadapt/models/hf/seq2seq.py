@@ -1,4 +1,5 @@
-"""Whisper behind a small seq2seq interface: ``loss`` and ``generate``.
+"""Whisper behind a small seq2seq interface (``loss``, ``generate``) and the project's
+model interface (``compute_loss``, ``transcribe`` of a waveform SpeechBatch).
 
 Inputs are either log-mel features ``(N, n_mels, 3000)`` or audio: a padded 16 kHz
 waveform batch ``(N, S)`` with lengths, or a list of 1-D waveforms. Labels are the
@@ -6,23 +7,33 @@ tokenizer's prefix (<|startoftranscript|><|lang|><|task|><|notimestamps|>), the
 transcript and <|endoftext|>; the decoder is fed the sequence without its last token.
 """
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
+from speechadapt.models.interface import DecodeOptions, SpeechModelMixin
+from speechadapt.training.metrics import MetricsTracker
+
 IGNORE_ID = -100
 AudioLike = Union[torch.Tensor, Sequence[Union[torch.Tensor, np.ndarray]]]
 
 
-class WhisperAdapter(nn.Module):
+class WhisperAdapter(SpeechModelMixin, nn.Module):
     """Wraps ``WhisperForConditionalGeneration`` and its ``WhisperProcessor``."""
 
-    def __init__(self, model: nn.Module, processor, language: Optional[str] = "en", task: str = "transcribe"):
+    input_kind = "waveform"
+    method_name = "whisper"
+    group_prefixes = {"encoder": ("model.model.encoder.",), "decoder": ("model.model.decoder.", "model.proj_out.")}
+
+    def __init__(self, model: nn.Module, processor, language: Optional[str] = "en", task: str = "transcribe",
+                 model_dir: Optional[str] = None, dtype: Optional[str] = None):
         super().__init__()
         self.model = model
         self.processor = processor
+        self.model_dir = model_dir
+        self.dtype_name = dtype
         self.tokenizer = processor.tokenizer
         self.feature_extractor = processor.feature_extractor
         self.language = language
@@ -30,10 +41,6 @@ class WhisperAdapter(nn.Module):
         self.tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
         self.prefix_ids = list(self.tokenizer.prefix_tokens)
         self.eot_id = self.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -123,3 +130,21 @@ class WhisperAdapter(nn.Module):
             do_sample=False,
         )
         return self.decode(sequences)
+
+    # ---- the model interface ---------------------------------------------------------
+    def compute_loss(self, batch) -> Tuple[torch.Tensor, MetricsTracker]:
+        loss, num_tokens = self.loss(batch.inputs, batch.texts, batch.input_lens)
+        info = MetricsTracker(unnormalised=["utterances"])
+        info["frames"] = float(num_tokens)
+        info["utterances"] = float(len(batch))
+        info["loss"] = float(loss.detach())
+        return loss, info
+
+    @torch.no_grad()
+    def transcribe(self, batch, options: DecodeOptions = DecodeOptions()) -> List[str]:
+        return self.generate(batch.inputs, batch.input_lens, max_new_tokens=options.max_new_tokens,
+                             num_beams=options.num_beams)
+
+    def spec(self) -> Dict[str, Any]:
+        return {"kind": "whisper", "model_dir": self.model_dir, "dtype": self.dtype_name,
+                "language": self.language, "task": self.task}

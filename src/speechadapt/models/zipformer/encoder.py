@@ -38,6 +38,7 @@ from speechadapt.models.zipformer.scaling import (
     make_pad_mask,
     sequence_mask,
 )
+from speechadapt.models.zipformer import scaling
 from speechadapt.models.zipformer.subsampling import Conv2dSubsampling
 
 
@@ -355,6 +356,10 @@ class ZipformerBase(nn.Module):
         for module in self.modules():
             if isinstance(module, ScheduledFloat):
                 module.enabled = bool(enabled)
+
+    def set_batch_count(self, batch_count: float) -> None:
+        """The training loop's hook before each batch (``scaling.set_batch_count``)."""
+        scaling.set_batch_count(self, batch_count)
 
     def set_schedule_batch_count(self, batch_count: Optional[float]) -> None:
         """Point every schedule at ``batch_count * config.schedule_scale`` (None: defaults)."""

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Stage: synthesise the synthetic corpus (audio + per-split metadata jsonl).
+"""synth recipe, stage 0: synthesise the corpus (audio + per-split metadata jsonl).
 
-    python local/synthesise_corpus.py --config conf/full.yaml --audio-dir data/audio --num-jobs 2
+    python local/synthesise_corpus.py --config conf/corpus_full.yaml --audio-dir data/audio --num-jobs 2
 
-Sizes, voices, rate/pitch ranges and the target noise come from the ``corpus:``
-section of the config; any of them can be overridden by a flag
-(``--num-source-train 200``, ``--target-snr-db 20,30`` ...). Skipped when a previous
-run finished with exactly the same settings (done marker in the audio dir).
+Sizes, voices, rate/pitch ranges and the target noise are the fields of
+``speechadapt.data.synth.CorpusConfig``: one flag each (``--num-source-train 200``,
+``--target-snr-db 20,30`` ...), or a YAML file of them with ``--config`` (flags on the
+command line win). Skipped when a previous run finished with exactly the same
+settings (done marker in the audio dir). Writes ``<audio-dir>/<split>.jsonl`` for every
+split and the noise recordings, which ``local/prepare_manifests.py`` turns into
+manifests.
 """
 
 import argparse
@@ -15,28 +18,24 @@ import json
 import logging
 import time
 
-from speechadapt.data.prep_utils import (add_dataclass_overrides, apply_overrides,
-                                         dataclass_from_mapping, is_done, load_yaml_section,
-                                         mark_done, read_jsonl, setup_stage_logging)
+from speechadapt.data.prep_utils import is_done, mark_done, read_jsonl, setup_stage_logging
 from speechadapt.data.synth import ALL_SPLITS, NOISE_SPLIT, CorpusConfig, prepare_corpus, summarise_rows
+from speechadapt.utils.flags import add_dataclass_arguments, dataclass_from_args, parse_args
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML file with a 'corpus:' section")
     parser.add_argument("--audio-dir", default="data/audio")
     parser.add_argument("--num-jobs", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="re-synthesise even if done")
-    add_dataclass_overrides(parser, CorpusConfig)
+    add_dataclass_arguments(parser, CorpusConfig, "corpus")
     return parser
 
 
-def main() -> None:
+def main(argv=None) -> None:
     setup_stage_logging()
-    args = get_parser().parse_args()
-    values = apply_overrides(CorpusConfig, load_yaml_section(args.config, "corpus"), args)
-    cfg = dataclass_from_mapping(CorpusConfig, values, source=args.config or "flags")
-    cfg.validate()
+    args = parse_args(get_parser(), argv, entry_point="synthesise_corpus")
+    cfg = dataclass_from_args(CorpusConfig, args)
     settings = dataclasses.asdict(cfg)
     start = time.time()
     if is_done(args.audio_dir, "synth", settings) and not args.force:

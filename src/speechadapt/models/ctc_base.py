@@ -1,0 +1,110 @@
+"""What every CTC model shares: the loss, greedy decoding and the text side.
+
+:class:`CtcAsrMixin` implements the model interface (``compute_loss``,
+``transcribe``) for any module that provides ``forward(x, x_lens) -> (log_probs,
+out_lens)``, ``ctc_logits``, ``blank_id``, ``vocab_size``, ``encode_texts`` and
+``decode_ids``: the Zipformer-CTC (fbank, BPE pieces) and the wav2vec2 / HuBERT
+adapters (waveform, characters) alike.
+"""
+
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from speechadapt.decoding.ctc import greedy_ctc_collapse
+from speechadapt.models.interface import DecodeOptions, SpeechModelMixin
+from speechadapt.training.metrics import MetricsTracker
+
+
+class BpeTokenizer:
+    """The sentencepiece model of an icefall-style ``lang_bpe_N`` directory."""
+
+    def __init__(self, model_file):
+        import sentencepiece as spm
+
+        path = Path(model_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: run the recipe's prepare.sh (the BPE stage) first")
+        self.model_file = str(path)
+        self.sp = spm.SentencePieceProcessor(model_file=self.model_file)
+
+    @classmethod
+    def from_lang_dir(cls, lang_dir) -> "BpeTokenizer":
+        return cls(Path(lang_dir) / "bpe.model")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, texts: Sequence[str]) -> List[List[int]]:
+        """Lower-cased (the BPE model is trained on lower-cased text); a transcript that
+        encodes to nothing is an error."""
+        ids = self.sp.encode([t.lower() for t in texts], out_type=int)
+        empty = [t for t, i in zip(texts, ids) if not i]
+        if empty:
+            raise ValueError(f"{len(empty)} transcripts encode to no tokens, e.g. {empty[:2]!r}")
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode(list(ids))
+
+
+def check_targets(targets: Sequence[Sequence[int]], vocab_size: int, blank_id: int) -> List[int]:
+    flat = [int(t) for seq in targets for t in seq]
+    bad = [t for t in flat if t < 0 or t >= vocab_size or t == blank_id]
+    if bad:
+        raise ValueError(f"target ids must be in [0, {vocab_size}) and not the blank {blank_id}; got e.g. {bad[:5]}")
+    return flat
+
+
+class CtcAsrMixin(SpeechModelMixin):
+    blank_id: int
+    vocab_size: int
+
+    def encode_texts(self, texts: Sequence[str]) -> List[List[int]]:
+        raise NotImplementedError
+
+    def decode_ids(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def ctc_loss(self, x: Tensor, x_lens: Tensor, targets: Sequence[Sequence[int]]) -> Tuple[Tensor, int]:
+        """Summed CTC loss over the batch and the number of output frames (torch's CTC,
+        no k2). Impossible alignments (too few frames) give 0 (zero_infinity)."""
+        if len(targets) != x.shape[0]:
+            raise ValueError(f"{len(targets)} targets for a batch of {x.shape[0]}")
+        flat = check_targets(targets, self.vocab_size, self.blank_id)
+        log_probs, out_lens = self(x, x_lens)  # type: ignore[operator]
+        target_lens = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
+        loss = F.ctc_loss(
+            log_probs.permute(1, 0, 2).float(),
+            torch.tensor(flat, dtype=torch.long),
+            out_lens.cpu().long(), target_lens,
+            blank=self.blank_id, reduction="sum", zero_infinity=True,
+        )
+        return loss, int(out_lens.sum())
+
+    @torch.no_grad()
+    def greedy_decode(self, x: Tensor, x_lens: Tensor) -> List[List[int]]:
+        """Best-path token ids per input (repeats merged, blanks removed)."""
+        logits, out_lens = self.ctc_logits(x, x_lens)  # type: ignore[attr-defined]
+        return greedy_ctc_collapse(logits, out_lens, self.blank_id)
+
+    def compute_loss(self, batch) -> Tuple[Tensor, MetricsTracker]:
+        batch = batch.to(self.device)
+        loss, frames = self.ctc_loss(batch.inputs, batch.input_lens, self.encode_texts(batch.texts))
+        info = MetricsTracker(unnormalised=["utterances"])
+        info["frames"] = float(frames)
+        info["utterances"] = float(len(batch))
+        info["loss"] = float(loss.detach())
+        return loss, info
+
+    @torch.no_grad()
+    def transcribe(self, batch, options: DecodeOptions = DecodeOptions()) -> List[str]:
+        if options.num_beams > 1:
+            raise ValueError(f"{type(self).__name__} decodes greedily: beam search is not implemented "
+                             f"for CTC models (use --decoding-method greedy)")
+        batch = batch.to(self.device)
+        return [self.decode_ids(ids) for ids in self.greedy_decode(batch.inputs, batch.input_lens)]

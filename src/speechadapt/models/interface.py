@@ -1,0 +1,108 @@
+"""The model interface every ASR model of the project offers.
+
+``ZipformerCtc``, ``LlmAsrModel`` (and MoSE), ``HFCtcAdapter`` (wav2vec2 / HuBERT)
+and ``WhisperAdapter`` all implement it, so the Trainer, the decoder, ``transcribe``
+and the adaptation methods treat them alike:
+
+* ``input_kind``: "fbank" or "waveform", what the datamodule feeds it;
+* ``compute_loss(batch) -> (loss, info)``: the training loss of a SpeechBatch,
+  *summed* over the batch, and a MetricsTracker whose "frames" entry is the
+  normaliser (frames or tokens) and "loss" the summed loss as a float;
+* ``transcribe(batch, options) -> [text]``: one hypothesis per utterance;
+* ``parameter_groups() -> {name: [(param name, parameter)]}``: the named groups an
+  adaptation method can pick (``all``, ``norms``, ``lora``, ``encoder``, ``decoder``,
+  ``projector``; a model lists those it has);
+* ``spec() -> dict``: what :mod:`speechadapt.models.registry` rebuilds the model
+  from (kind, configuration, the files it reads); written into the experiment
+  directory by every trainer;
+* ``load_weights(state_dict)``: load checkpoint weights (all of them, or the
+  trainable subset a LoRA checkpoint holds).
+
+:class:`SpeechModelMixin` gives the generic parts.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+NamedParams = List[Tuple[str, nn.Parameter]]
+GROUP_NAMES = ("all", "norms", "lora", "encoder", "decoder", "projector")
+
+
+@dataclass
+class DecodeOptions:
+    """How to turn a batch into text (CTC models know only greedy search)."""
+
+    decoding_method: str = field(default="greedy", metadata={"choices": ("greedy", "beam")})
+    beam_size: int = field(default=4, metadata={"help": "beam search only"})
+    max_new_tokens: int = field(default=64, metadata={"help": "generative models (LLM-ASR, Whisper)"})
+
+    @property
+    def num_beams(self) -> int:
+        return 1 if self.decoding_method == "greedy" else self.beam_size
+
+    def key(self, weights_name: str) -> str:
+        """icefall's file-name key: ``greedy-epoch-8-avg-3``, ``beam4-...``."""
+        search = self.decoding_method if self.num_beams == 1 else f"beam{self.num_beams}"
+        return f"{search}-{weights_name}"
+
+
+def is_norm_module(module: nn.Module) -> bool:
+    """LayerNorm, GroupNorm, BatchNorm*, RMSNorm-likes and the Zipformer's BiasNorm."""
+    return "Norm" in type(module).__name__
+
+
+def norm_parameters(model: nn.Module) -> NamedParams:
+    """Parameters owned directly by normalisation modules, in named_parameters order."""
+    wanted = set()
+    for module_name, module in model.named_modules():
+        if is_norm_module(module):
+            prefix = f"{module_name}." if module_name else ""
+            wanted.update(prefix + name for name, _ in module.named_parameters(recurse=False))
+    return [(n, p) for n, p in model.named_parameters() if n in wanted]
+
+
+def by_prefix(model: nn.Module, prefixes: Iterable[str]) -> NamedParams:
+    prefixes = tuple(prefixes)
+    return [(n, p) for n, p in model.named_parameters() if n.startswith(prefixes)]
+
+
+class SpeechModelMixin:
+    """Generic parts of the interface; a model sets ``input_kind`` and
+    ``group_prefixes`` ({"encoder": ("encoder.",), ...}) and writes the rest."""
+
+    input_kind: str = "fbank"
+    group_prefixes: Dict[str, Sequence[str]] = {}
+
+    def parameter_groups(self) -> Dict[str, NamedParams]:
+        groups: Dict[str, NamedParams] = {"all": list(self.named_parameters())}  # type: ignore[attr-defined]
+        norms = norm_parameters(self)  # type: ignore[arg-type]
+        if norms:
+            groups["norms"] = norms
+        lora = [(n, p) for n, p in groups["all"] if "lora_" in n]
+        if lora:
+            groups["lora"] = lora
+        for name, prefixes in self.group_prefixes.items():
+            chosen = by_prefix(self, prefixes)  # type: ignore[arg-type]
+            if chosen:
+                groups[name] = chosen
+        return groups
+
+    def load_weights(self, state: Dict[str, torch.Tensor]) -> None:
+        """All weights (strict), or a subset of them (a trainable-only file): every key
+        of the file must exist in the model with the same shape."""
+        from speechadapt.training.checkpoint import load_model_state
+
+        own = set(self.state_dict())  # type: ignore[attr-defined]
+        partial = set(state) != own
+        load_model_state(self, state, strict=True, partial=partial)  # type: ignore[arg-type]
+        if partial:
+            logging.info(f"{type(self).__name__}: loaded {len(state)} of {len(own)} entries "
+                         f"(the rest from the model's base files)")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device  # type: ignore[attr-defined]
