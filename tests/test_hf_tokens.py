@@ -10,7 +10,7 @@ from speechadapt.models.llm_asr_prompt import prompt_text
 torch.set_num_threads(1)
 
 SPEECH = ["<start_speech>", "<speech>", "<end_speech>"]
-# DESIGN.md's prompt, written out literally.
+# The LLM-ASR prompt (docs/architecture.md), written out literally.
 DESIGN_PROMPT = (
     "<|im_start|>user\n<start_speech><speech><end_speech><|im_end|>\n"
     "<|im_start|>assistant\n{text}<|im_end|>"

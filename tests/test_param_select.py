@@ -98,3 +98,19 @@ def test_mark_trainable_sets_requires_grad_only_on_the_selection():
     chosen = set(names(selected))
     for name, p in model.named_parameters():
         assert p.requires_grad == (name in chosen)
+
+
+def test_model_interface_groups_are_selectable():
+    from speechadapt.models.ctc import ZipformerCtc
+    from speechadapt.models.zipformer import get_preset
+
+    model = ZipformerCtc(get_preset("tiny"), vocab_size=20)
+    groups = model.parameter_groups()
+    assert set(groups) == {"all", "norms", "encoder", "decoder"}  # no LoRA or projector in a CTC model
+    assert names(select_parameters(model, "decoder")) == ["ctc_output.1.weight", "ctc_output.1.bias"]
+    encoder = names(select_parameters(model, "encoder"))
+    assert len(encoder) + 2 == len(names(select_parameters(model, "all")))
+    norms = names(select_parameters(model, "norms"))
+    assert norms and all(n in encoder for n in norms) and all("norm" in n for n in norms)
+    with pytest.raises(ValueError, match="mode 'projector' matched none"):
+        select_parameters(model, "projector")

@@ -15,7 +15,8 @@ _sa_setup() {
   elif "$_sa_py" "$_sa_root/tools/check_requirements.py" >/dev/null 2>&1; then
     echo "setup: using the active interpreter $(command -v "$_sa_py")"
   else
-    echo "setup: the active interpreter lacks:"; "$_sa_py" "$_sa_root/tools/check_requirements.py" | sed 's/^/  /'
+    # (the check exits 1 by design: do not let `set -e -o pipefail` stop here)
+    echo "setup: the active interpreter lacks:"; { "$_sa_py" "$_sa_root/tools/check_requirements.py" || true; } | sed 's/^/  /'
     echo "setup: creating $_sa_root/.venv (torch first, then requirements.txt)"
     [ -x "$_sa_root/.venv/bin/python" ] || "$_sa_py" -m venv "$_sa_root/.venv" || return 1
     local pip="$_sa_root/.venv/bin/python -m pip"

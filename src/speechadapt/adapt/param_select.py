@@ -1,40 +1,43 @@
-"""Which parameters an adaptation method touches: all, LoRA only, norms only, or a regex.
+"""Which parameters an adaptation method touches: a named group or a regex.
 
-Every selector returns ``[(name, parameter), ...]`` in ``model.named_parameters()``
-order (tied weights once), ready for :class:`speechadapt.adapt.zo.ZOOptimizer` or a
-torch optimiser. Selecting nothing is an error, never a silent no-op.
+Groups come from the model interface (``model.parameter_groups()``: all, norms, lora,
+encoder, decoder, projector, as the model has them); any module gets the generic
+all / lora / norms. Every selector returns ``[(name, parameter), ...]`` in
+``model.named_parameters()`` order (tied weights once), ready for
+:func:`speechadapt.training.optim.build_optimizer`. Selecting nothing is an error,
+never a silent no-op.
 """
 
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-SELECTION_MODES = ("all", "lora", "norms", "regex")
-NamedParams = List[Tuple[str, nn.Parameter]]
+from speechadapt.models.interface import GROUP_NAMES, NamedParams, norm_parameters
 
-
-def is_norm_module(module: nn.Module) -> bool:
-    """LayerNorm, GroupNorm, BatchNorm*, RMSNorm-likes and the Zipformer's BiasNorm."""
-    return "Norm" in type(module).__name__
+SELECTION_MODES = GROUP_NAMES + ("regex",)
 
 
 def norm_parameter_names(model: nn.Module) -> List[str]:
     """Names of the parameters owned directly by normalisation modules."""
-    names = []
-    for module_name, module in model.named_modules():
-        if is_norm_module(module):
-            prefix = f"{module_name}." if module_name else ""
-            names.extend(prefix + name for name, _ in module.named_parameters(recurse=False))
-    return names
+    return [n for n, _ in norm_parameters(model)]
+
+
+def parameter_groups(model: nn.Module) -> Dict[str, NamedParams]:
+    """The model's own groups, or the generic ones of any module."""
+    if hasattr(model, "parameter_groups"):
+        return model.parameter_groups()
+    named = list(model.named_parameters())
+    return {"all": named, "lora": [(n, p) for n, p in named if "lora_" in n], "norms": norm_parameters(model)}
 
 
 def select_parameters(
     model: nn.Module, mode: str = "all", pattern: Optional[str] = None
 ) -> NamedParams:
-    """Pick parameters by ``mode``: "all", "lora" (names containing "lora_"),
-    "norms" (parameters of normalisation modules) or "regex" (``re.search(pattern, name)``).
+    """Pick parameters by ``mode``: a group name ("all", "lora": names containing
+    "lora_", "norms": parameters of normalisation modules, and the model's encoder /
+    decoder / projector) or "regex" (``re.search(pattern, name)``).
     """
     if mode not in SELECTION_MODES:
         raise ValueError(f"unknown parameter selection {mode!r}; choose from {SELECTION_MODES}")
@@ -43,16 +46,11 @@ def select_parameters(
     if mode != "regex" and pattern is not None:
         raise ValueError(f"a pattern is only used with mode 'regex', not {mode!r}")
     named = list(model.named_parameters())
-    if mode == "all":
-        selected = named
-    elif mode == "lora":
-        selected = [(n, p) for n, p in named if "lora_" in n]
-    elif mode == "norms":
-        wanted = set(norm_parameter_names(model))
-        selected = [(n, p) for n, p in named if n in wanted]
-    else:
+    if mode == "regex":
         regex = re.compile(pattern)
         selected = [(n, p) for n, p in named if regex.search(n)]
+    else:
+        selected = parameter_groups(model).get(mode, [])
     if not selected:
         what = f"regex {pattern!r}" if mode == "regex" else f"mode {mode!r}"
         raise ValueError(

@@ -32,7 +32,7 @@ from speechadapt.training.scaled_adam import ScaledAdam
 
 NamedParams = Sequence[Tuple[str, nn.Parameter]]
 
-# Settings of the zeroth-order variants (DESIGN: "Adaptation methods").
+# Settings of the zeroth-order variants (docs/architecture.md, "Adding a method").
 ZO_PRESETS: Dict[str, Dict[str, Any]] = {
     "mezo": dict(num_queries=1, eps=1e-3, estimator="spsa"),
     "zo-asr": dict(num_queries=8, eps=1e-3, estimator="spsa"),

@@ -112,7 +112,8 @@ def add_dataclass_arguments(
         if "choices" in meta:
             kwargs["choices"] = list(meta["choices"])
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        kwargs["help"] = f"{meta.get('help', '')} (default: {shown})".strip()
+        note = "required" if meta.get("required") else f"default: {shown}"
+        kwargs["help"] = f"{meta.get('help', '')} ({note})".strip()
         group.add_argument(flag_name(f.name), *meta.get("aliases", ()), **kwargs)
     return group
 

@@ -48,12 +48,12 @@ class Progress:
 
             self._bar = tqdm(self.iterable, desc=self.desc, total=self.total, initial=self.n, unit=self.unit)
             for item in self._bar:
-                yield item
                 self.n += 1
+                yield item
             return
         for item in self.iterable:
+            self.n += 1  # counts the item being processed, so a line from inside the loop is current
             yield item
-            self.n += 1
             if self.enabled and self._due():
                 logging.info(self.line())
                 self._last = time.time()

@@ -150,7 +150,7 @@ class ZipformerConfig:
 
 # icefall's values: `small`/`large` from egs/librispeech/ASR/zipformer's README and
 # RESULTS.md flags, `medium` = train.py defaults. `tiny` is our test/synth size
-# (the shape of shared/reference/zipformer_tiny_reference.pt, with the front end's
+# (the shape of tests/data/reference/zipformer_tiny_reference.pt, with the front end's
 # last width narrowed for speed on CPUs).
 _ICEFALL_STACKS = dict(downsampling_factor=(1, 2, 4, 8, 4, 2))
 _PRESETS = {
