@@ -14,10 +14,9 @@ import argparse
 import time
 
 import torch
-from lhotse import load_manifest
 
 from speechadapt.data.features import featurise_split
-from speechadapt.data.manifests import manifest_paths
+from speechadapt.data.manifests import manifest_paths, open_manifest
 from speechadapt.data.prep_utils import comma_list, file_stamp, is_done, mark_done, setup_stage_logging
 from speechadapt.utils.args import str2bool
 from speechadapt.utils.flags import parse_args
@@ -52,7 +51,7 @@ def main(argv=None) -> None:
             print(f"{split}: fbank up to date")
             continue
         t0 = time.time()
-        cuts = featurise_split(load_manifest(source), args.fbank_dir, split, args.prefix, args.num_jobs,
+        cuts = featurise_split(open_manifest(source, lazy=False), args.fbank_dir, split, args.prefix, args.num_jobs,
                                args.speed_perturb)
         mark_done(args.fbank_dir, marker, settings)
         hours = sum(c.duration for c in cuts) / 3600

@@ -8,9 +8,9 @@
 import argparse
 import json
 
-from lhotse import load_manifest_lazy
 
 from speechadapt.data.features import fbank_cuts_path
+from speechadapt.data.manifests import open_manifest
 from speechadapt.data.prep_utils import comma_list
 from speechadapt.data.summary import format_table, summarise_cuts
 from speechadapt.utils.flags import parse_args
@@ -33,7 +33,7 @@ def main(argv=None) -> None:
         path = fbank_cuts_path(args.fbank_dir, split, args.prefix)
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: run the fbank stages first")
-        rows.append(summarise_cuts(split, load_manifest_lazy(path)))
+        rows.append(summarise_cuts(split, open_manifest(path)))
     print(format_table(rows))
     if args.out:
         atomic_write_text(json.dumps(rows, indent=1) + "\n", args.out)

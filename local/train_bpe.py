@@ -14,10 +14,9 @@ import argparse
 import time
 from pathlib import Path
 
-from lhotse import load_manifest_lazy
 
 from speechadapt.data.bpe import prepare_lang_bpe
-from speechadapt.data.manifests import manifest_paths
+from speechadapt.data.manifests import manifest_paths, open_manifest
 from speechadapt.data.prep_utils import file_stamp, is_done, mark_done, setup_stage_logging
 from speechadapt.utils.flags import parse_args
 
@@ -46,7 +45,7 @@ def main(argv=None) -> None:
     if is_done(args.lang_dir, "bpe", settings) and not args.force:
         print(f"{args.lang_dir}: bpe model up to date")
         return
-    texts = [s.text for s in load_manifest_lazy(source)]
+    texts = [s.text for s in open_manifest(source)]
     model = prepare_lang_bpe(texts, args.lang_dir, args.vocab_size, args.model_type)
     mark_done(args.lang_dir, "bpe", settings)
     print(f"bpe: {model} ({args.vocab_size} pieces, {args.model_type}) from {len(texts)} "

@@ -186,7 +186,7 @@ def test_noise_mix_and_spec_aug_change_the_features(fbank_dir):
         _module(fbank_dir, "--enable-noise-mix", "true", "--noise-cuts", "/nonexistent.jsonl.gz") \
             .train_dataloaders(cuts)
     with pytest.raises(ValueError, match="needs --noise-cuts"):
-        _module(fbank_dir, "--enable-noise-mix", "true")
+        AsrDataModule(DataConfig(enable_noise_mix=True))
 
 
 def test_sampler_state_dict_resumes_mid_epoch(fbank_dir):

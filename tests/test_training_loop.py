@@ -185,7 +185,7 @@ def test_freeze_pattern_and_batch_count_hook(tmp_path):
     assert not model.encoder.weight.requires_grad and model.output.weight.requires_grad
     assert seen == list(range(1, trainer.params["batch_idx_train"] + 1))
     with pytest.raises(ValueError, match="matched no parameter"):
-        make_trainer(make_config(tmp_path, freeze_pattern=["nope"]), ToyModel(), train_dl)
+        make_trainer(make_config(tmp_path / "b", freeze_pattern=["nope"]), ToyModel(), train_dl)
 
 
 def test_amp_flags_are_noops_on_cpu(tmp_path, caplog):

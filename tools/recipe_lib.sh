@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
 # Shared helpers for recipe scripts (sourced). Kept tiny: recipes hold flags, not logic.
 #
+#   check_stage_range                      # after parse_options.sh: integers, stage <= stop_stage
 #   if stage_in 10; then stage_begin 10 "train CTC"; python -m ...; stage_end; fi
+#   stages_done                            # at the end: fails when no stage lay in the range
 #
 # stage_end appends "recipe<TAB>stage<TAB>name<TAB>seconds<TAB>profile" to
 # $stage_times (default exp/stage_times.tsv), which the report stage reads.
 
+_rl_known=()
+_rl_ran=0
+
+check_stage_range() {
+  local v
+  for v in "${stage:?}" "${stop_stage:?}"; do
+    [[ "$v" =~ ^[0-9]+$ ]] || { echo "$(basename "$0"): --stage/--stop-stage must be integers, got '$v'" >&2; exit 1; }
+  done
+  if [ "$stage" -gt "$stop_stage" ]; then
+    echo "$(basename "$0"): --stage $stage is after --stop-stage $stop_stage: nothing would run" >&2
+    exit 1
+  fi
+}
+
 stage_in() {  # true when stage $1 lies in [stage, stop_stage]
+  _rl_known+=("$1")
   [ "$1" -ge "${stage:?}" ] && [ "$1" -le "${stop_stage:?}" ]
 }
 
 stage_begin() {
-  _rl_stage=$1; shift; _rl_name="$*"; _rl_t0=$(date +%s.%N)
+  _rl_stage=$1; shift; _rl_name="$*"; _rl_t0=$(date +%s.%N); _rl_ran=$((_rl_ran + 1))
   echo "$(date '+%F %T') stage $_rl_stage: $_rl_name"
 }
 
@@ -23,4 +40,12 @@ stage_end() {
   mkdir -p "$(dirname "$file")"
   printf '%s\t%s\t%s\t%s\t%s\n' "${recipe_name:-$(basename "$PWD")}" "$_rl_stage" "$_rl_name" "$secs" "${profile:-}" >> "$file"
   echo "$(date '+%F %T') stage $_rl_stage done in ${secs} s"
+}
+
+stages_done() {  # after the last stage_in: say what ran, fail when nothing did
+  if [ "$_rl_ran" -eq 0 ]; then
+    echo "$(basename "$0"): no stage lies in $stage..$stop_stage (this script's stages: ${_rl_known[*]})" >&2
+    exit 1
+  fi
+  echo "$(basename "$0") ($profile): $_rl_ran stage(s) of $stage..$stop_stage done"
 }

@@ -15,6 +15,7 @@ usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--num-jobs 
 . ../../tools/parse_options.sh
 . ../../tools/setup.sh >/dev/null
 . ../../tools/recipe_lib.sh
+check_stage_range
 
 case "$profile" in
   full) : "${data_dir:=data}"; : "${vocab_size:=500}" ;;
@@ -73,4 +74,5 @@ if stage_in 5; then
   stage_end
 fi
 
-echo "prepare.sh ($profile): stages $stage..$stop_stage done in $(( $(date +%s) - t_start )) s; data in $data_dir (under $PWD unless absolute)"
+stages_done
+echo "prepare.sh: $(( $(date +%s) - t_start )) s; data in $data_dir (under $PWD unless absolute)"

@@ -11,10 +11,12 @@ stage=10
 stop_stage=100
 profile=full        # fast (CI, minutes) or full
 world_size=1
-usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--world-size N]"
+start_epoch=auto    # training stages resume from their newest checkpoint; 1 = fresh (refuses an old run)
+usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--world-size N] [--start-epoch auto|N]"
 . ../../tools/parse_options.sh
 . ../../tools/setup.sh >/dev/null
 . ../../tools/recipe_lib.sh
+check_stage_range
 case "$profile" in fast|full) ;; *) echo "$0: unknown profile '$profile'" >&2; exit 1 ;; esac
 . conf/recipe_$profile.sh   # data_dir, exp_root and the per-profile sizes below
 
@@ -29,7 +31,8 @@ ctc_model=epoch-$ctc_epochs-avg-$ctc_avg.pt
 lm_dir=$exp_root/tiny_qwen2
 # Settings shared by both profiles are in conf/*.yaml; sizes come from the profile.
 ctc_flags="--config conf/ctc.yaml --lang-dir $lang $data_flags --encoder-preset $ctc_preset \
-  --max-duration $ctc_max_duration --average-period $average_period --world-size $world_size"
+  --max-duration $ctc_max_duration --average-period $average_period --world-size $world_size \
+  --start-epoch $start_epoch"
 decode_flags="--config conf/decode.yaml $data_flags --results $results"
 # The tiny LLM stages run on one thread: more only contend on a shared CPU.
 llm_env="env OMP_NUM_THREADS=1"
@@ -65,7 +68,7 @@ fi
 
 llm_flags="--config conf/llm_asr.yaml --llm-dir $lm_dir --lora-r $lora_r --lora-alpha $lora_alpha $data_flags \
   --num-epochs $llm_epochs --max-duration $llm_max_duration --base-lr $llm_lr --average-period $average_period \
-  --world-size $world_size"
+  --world-size $world_size --start-epoch $start_epoch"
 if stage_in 21; then
   stage_begin 21 "train LLM-ASR (frozen CTC encoder + projector + LoRA)"
   $llm_env python -m speechadapt.bin.train $llm_flags --exp-dir $exp_root/llm_asr --encoder-ckpt $ctc_exp/$ctc_model
@@ -113,4 +116,4 @@ if stage_in 90; then
   cat $results_md
 fi
 
-echo "run.sh ($profile): stages $stage..$stop_stage done"
+stages_done

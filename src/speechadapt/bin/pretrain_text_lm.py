@@ -70,10 +70,10 @@ def read_texts(path: Path) -> List[str]:
 
 
 def _manifest_texts(path: Path) -> List[str]:
-    from lhotse import load_manifest_lazy
+    from speechadapt.data.manifests import open_manifest
 
     texts = []
-    for item in load_manifest_lazy(path):
+    for item in open_manifest(path):
         supervisions = getattr(item, "supervisions", None)
         if supervisions is not None:  # a cut
             texts.extend(s.text or "" for s in supervisions)
@@ -199,8 +199,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 # A small LM trained from scratch on a few thousand sentences.
+# The stage rebuilds the LM from scratch: an earlier run's checkpoints are moved aside.
 TRAINING_DEFAULTS = dict(exp_dir="exp/text_lm", num_epochs=20, average_period=0, save_every_n=0,
-                         valid_interval=0, log_interval=50)
+                         valid_interval=0, log_interval=50, archive_old_run=True)
 OPTIMIZER_DEFAULTS = dict(optimizer="adamw", base_lr=3e-3, weight_decay=0.01, max_grad_norm=1.0)
 SCHEDULE_DEFAULTS = dict(scheduler="cosine", warmup_batches=-1.0, final_lr_scale=0.1)
 

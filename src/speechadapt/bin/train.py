@@ -19,11 +19,14 @@ and the adaptation stages rebuild it. Resume with --start-epoch/--start-batch;
 """
 
 import argparse
+import json
 import logging
+from pathlib import Path
 from typing import Sequence
 
 from speechadapt.data.datamodule import AsrDataModule, DataConfig
-from speechadapt.models.registry import MODEL_KINDS, get_kind, write_spec
+from speechadapt.data.text_check import check_transcripts
+from speechadapt.models.registry import MODEL_KINDS, SPEC_FILE, get_kind, read_spec, write_spec
 from speechadapt.training.dist import cleanup_dist, launch, setup_dist
 from speechadapt.training.loop import Trainer
 from speechadapt.training.optim import OptimizerConfig
@@ -55,6 +58,18 @@ def get_parser(tokens: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def check_same_model(exp_dir, spec) -> None:
+    """Resuming a run with another model (kind, size, files) would load mismatched weights."""
+    path = Path(exp_dir) / SPEC_FILE
+    if not path.is_file():
+        return
+    saved = read_spec(exp_dir)
+    if saved != json.loads(json.dumps(spec)):
+        keys = sorted(k for k in set(saved) | set(spec) if saved.get(k) != json.loads(json.dumps(spec.get(k))))
+        raise ValueError(f"{path} describes another model than this command builds (differing: {keys}); resume "
+                         f"with the flags of that run, or start a fresh run elsewhere")
+
+
 def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     dist_info = setup_dist(rank, world_size)
     setup_logger(args.exp_dir, "train", dist_info.rank, dist_info.world_size)
@@ -67,18 +82,25 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     logging.info(f"{type(model).__name__}: {sum(p.numel() for p in model.parameters()):,} parameters, "
                  f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable")
     spec = model.spec()
-    if dist_info.is_main:
-        write_spec(training.exp_dir, spec)
-    data = AsrDataModule(dataclass_from_args(DataConfig, args), model.input_kind, seed=training.seed)
-    train_dl = data.train_dataloaders(data.load_cuts(args.train_split), world_size=dist_info.world_size,
+    data_config = dataclass_from_args(DataConfig, args)
+    data = AsrDataModule(data_config, model.input_kind, seed=training.seed)
+
+    def checked_cuts(name):
+        return check_transcripts(data.load_cuts(name), model.unknown_characters, data_config.max_bad_transcripts, name)
+
+    train_dl = data.train_dataloaders(checked_cuts(args.train_split), world_size=dist_info.world_size,
                                       rank=dist_info.rank)
     valid_dl = None
     if args.valid_split:
-        valid_dl = data.valid_dataloaders(data.load_cuts(args.valid_split), world_size=dist_info.world_size,
+        valid_dl = data.valid_dataloaders(checked_cuts(args.valid_split), world_size=dist_info.world_size,
                                           rank=dist_info.rank)
     trainer = Trainer(training, model, train_dl, valid_dl, dist_info,
                       optimizer_config=dataclass_from_args(OptimizerConfig, args),
                       scheduler_config=dataclass_from_args(SchedulerConfig, args))
+    if trainer.resuming:
+        check_same_model(training.exp_dir, spec)
+    if dist_info.is_main:
+        write_spec(training.exp_dir, spec)
     trainer.params["model_spec"] = spec
     params = trainer.fit()
     logging.info(f"done: best valid loss {params['best_valid_loss']:.4f} (epoch {params['best_valid_epoch']})")

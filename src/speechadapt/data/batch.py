@@ -1,7 +1,7 @@
 """The batch every model reads, whatever its input: one place that knows the layout."""
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Sequence
 
 import torch
 
@@ -48,3 +48,22 @@ class SpeechBatch:
     @property
     def audio_seconds(self) -> float:
         return float(sum(self.durations))
+
+    @staticmethod
+    def concat(batches: Sequence["SpeechBatch"]) -> "SpeechBatch":
+        """One batch holding every utterance of ``batches`` (re-padded as the dataset pads:
+        lhotse's LOG_EPSILON for fbank, zeros for waveforms), e.g. the batches DDP ranks
+        see in one step, as one process would see them."""
+        from lhotse.utils import LOG_EPSILON
+
+        kinds = {b.input_kind for b in batches}
+        if len(kinds) != 1:
+            raise ValueError(f"cannot concatenate batches of input kinds {sorted(kinds)}")
+        rows = [b.inputs[i, : int(n)] for b in batches for i, n in enumerate(b.input_lens.tolist())]
+        lens = torch.tensor([r.shape[0] for r in rows], dtype=torch.long)
+        pad = LOG_EPSILON if batches[0].input_kind == "fbank" else 0.0
+        inputs = torch.full((len(rows), int(lens.max())) + tuple(rows[0].shape[1:]), pad, dtype=rows[0].dtype)
+        for i, row in enumerate(rows):
+            inputs[i, : row.shape[0]] = row
+        return SpeechBatch(inputs, lens, [t for b in batches for t in b.texts], [c for b in batches for c in b.cut_ids],
+                           [d for b in batches for d in b.durations], kinds.pop(), [c for b in batches for c in b.cuts])

@@ -41,12 +41,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from lhotse import CutSet, load_manifest_lazy
+from lhotse import CutSet
 from lhotse.dataset import CutMix, DynamicBucketingSampler, SimpleCutSampler, SpecAugment
 from lhotse.dataset.dataloading import LHOTSE_PROCESS_SEED
 from torch.utils.data import DataLoader
 
 from speechadapt.data.dataset import SpeechDataset
+from speechadapt.data.manifests import open_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +104,20 @@ class DataConfig:
     noise_mix_prob: float = 0.5
     noise_snr: Tuple[float, ...] = field(default=(10.0, 20.0), metadata={
         "help": "SNR in dB: 'low,high' (uniform) or one value"})
+    max_bad_transcripts: float = field(default=0.01, metadata={
+        "help": "training cuts with an empty transcript or characters the model cannot spell: up to this "
+                "fraction a warning (empty ones left out), above it an error"})
 
     def validate(self) -> None:
         if self.max_duration <= 0:
             raise ValueError(f"--max-duration must be > 0, got {self.max_duration}")
+        if self.bucketing_sampler and self.num_buckets < 2:
+            raise ValueError(f"--num-buckets must be >= 2 with the bucketing sampler, got {self.num_buckets} "
+                             f"(or pass --bucketing-sampler false)")
         if len(self.noise_snr) not in (1, 2) or (len(self.noise_snr) == 2 and self.noise_snr[0] > self.noise_snr[1]):
             raise ValueError(f"--noise-snr takes 'low,high' or one value, got {self.noise_snr}")
+        if not 0.0 <= self.max_bad_transcripts <= 1.0:
+            raise ValueError(f"--max-bad-transcripts is a fraction in [0, 1], got {self.max_bad_transcripts}")
         if self.enable_noise_mix and not self.noise_cuts:
             raise ValueError("--enable-noise-mix true needs --noise-cuts (a split name or a path)")
 
@@ -148,7 +157,7 @@ class AsrDataModule:
         if not path.is_file():
             raise FileNotFoundError(f"cuts '{name}': {path} does not exist (run the recipe's prepare.sh, "
                                     f"or check --manifest-dir / --cuts-prefix)")
-        return load_manifest_lazy(path)
+        return open_manifest(path)
 
     # ---- loaders -------------------------------------------------------------------
 
@@ -191,7 +200,8 @@ class AsrDataModule:
             buckets = sum(1 for _ in itertools.islice(cuts, self.config.num_buckets))
             if buckets < self.config.num_buckets:
                 logger.info(f"{buckets} cuts: {buckets} buckets instead of --num-buckets {self.config.num_buckets}")
-            return DynamicBucketingSampler(cuts, num_buckets=max(1, buckets), **common)
+            if buckets >= 2:
+                return DynamicBucketingSampler(cuts, num_buckets=buckets, **common)
         return SimpleCutSampler(cuts, **common)
 
     def _loader(self, dataset, sampler, rank: int) -> DataLoader:

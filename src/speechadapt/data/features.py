@@ -85,12 +85,25 @@ def check_frame_counts(cuts: CutSet, num_mel_bins: int = NUM_MEL_BINS) -> None:
                              f"for {cut.duration:.3f} s")
 
 
+def check_all_featurised(wanted, cuts: CutSet, split: str) -> None:
+    """lhotse skips a cut whose audio fails to load (with a warning only): count in and
+    out, and name what went missing, before anything is written."""
+    got = {c.id for c in cuts}
+    missing = [i for i in wanted if i not in got]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else "")
+        raise ValueError(f"{split}: {len(missing)} of {len(wanted)} cuts produced no features (unreadable "
+                         f"or corrupt audio?): {shown}")
+
+
 def featurise_split(cuts: CutSet, fbank_dir, split: str, prefix: str, num_jobs: int = 1,
                     speed_perturb: bool = False) -> CutSet:
     """Fbank of one split (optionally speed-perturbed), checked and written; returns the cuts."""
     if speed_perturb:
         cuts = add_speed_perturbation(cuts)
+    wanted = [c.id for c in cuts]
     cuts = compute_fbank(cuts, fbank_storage_path(fbank_dir, split, prefix), num_jobs)
+    check_all_featurised(wanted, cuts, split)
     check_frame_counts(cuts)
     out = fbank_cuts_path(fbank_dir, split, prefix)
     cuts.to_file(out)

@@ -35,6 +35,39 @@ def manifest_paths(manifest_dir, split: str, prefix: str) -> Dict[str, Path]:
             for kind in ("recordings", "supervisions", "cuts")}
 
 
+class ManifestError(ValueError):
+    """A manifest file that cannot be read; the message names the file and the line."""
+
+
+def open_manifest(path, lazy: bool = True):
+    """A lhotse manifest (.jsonl / .jsonl.gz), checked line by line first: a truncated
+    file or a broken line is a :class:`ManifestError` naming the file and the line
+    (lhotse alone fails later, mid-epoch, without either)."""
+    import gzip
+    import json
+    import zlib
+
+    from lhotse import load_manifest, load_manifest_lazy
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    number = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}:{number}: not a JSON line ({e.msg} at column {e.colno})") from None
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: truncated or corrupt after line {number} ({type(e).__name__}: {e})") from None
+    if number == 0:
+        raise ManifestError(f"{path} is empty")
+    return load_manifest_lazy(path) if lazy else load_manifest(path)
+
+
 def check_wav_complete(path) -> None:
     """Raise AudioFileError when a RIFF/WAVE file holds fewer audio bytes than its
     header declares (libsndfile would silently read the shorter file)."""
@@ -129,11 +162,15 @@ def _finalise_cut(cut):
 def write_split_manifests(rows: List[dict], split: str, manifest_dir,
                           prefix: str, on_wrong_rate: str = "resample") -> CutSet:
     """Validate and write recordings, supervisions and cuts of one split; returns the cuts."""
-    recordings, supervisions, _ = rows_to_manifests(rows, on_wrong_rate)
+    recordings, supervisions, skipped = rows_to_manifests(rows, on_wrong_rate)
     if len(recordings) == 0:
         raise ValueError(f"split {split}: no usable utterances")
     validate_recordings_and_supervisions(recordings, supervisions)
     cuts = make_cuts(recordings, supervisions)
+    lost = sorted({str(r.get("id")) for r in rows} - {c.id for c in cuts} - {str(i) for i in skipped})
+    if lost or len(cuts) + len(skipped) != len(rows):
+        raise ValueError(f"split {split}: {len(rows)} rows in, {len(cuts)} cuts out and {len(skipped)} skipped "
+                         f"for empty transcripts (duplicate ids?); lost: {lost[:10]}")
     paths = manifest_paths(manifest_dir, split, prefix)
     paths["cuts"].parent.mkdir(parents=True, exist_ok=True)
     recordings.to_file(paths["recordings"])

@@ -64,6 +64,9 @@ class ZipformerCtc(CtcAsrMixin, ZipformerBase):
     def decode_ids(self, ids: Sequence[int]) -> str:
         return self._tokenizer().decode(ids)
 
+    def unknown_characters(self, text: str) -> set:
+        return self._tokenizer().unknown_characters(text)
+
     # ---- rebuilding ----------------------------------------------------------------
     def spec(self) -> Dict[str, Any]:
         return {"kind": "zipformer_ctc", "encoder_config": config_to_dict(self.config),

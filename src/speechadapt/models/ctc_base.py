@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from speechadapt.decoding.ctc import greedy_ctc_collapse
-from speechadapt.models.interface import DecodeOptions, SpeechModelMixin
+from speechadapt.models.interface import DecodeOptions, SpeechModelMixin, loss_metrics
 from speechadapt.training.metrics import MetricsTracker
 
 
@@ -30,6 +30,7 @@ class BpeTokenizer:
             raise FileNotFoundError(f"{path} does not exist: run the recipe's prepare.sh (the BPE stage) first")
         self.model_file = str(path)
         self.sp = spm.SentencePieceProcessor(model_file=self.model_file)
+        self._spellable: dict = {}
 
     @classmethod
     def from_lang_dir(cls, lang_dir) -> "BpeTokenizer":
@@ -50,6 +51,16 @@ class BpeTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode(list(ids))
+
+    def unknown_characters(self, text: str) -> set:
+        """Characters that encode to ``<unk>`` (the model was trained on lower-cased text)."""
+        unknown = set()
+        for char in set(text.lower()) - {" "}:
+            if char not in self._spellable:
+                self._spellable[char] = self.sp.unk_id() not in self.sp.encode(char)
+            if not self._spellable[char]:
+                unknown.add(char)
+        return unknown
 
 
 def check_targets(targets: Sequence[Sequence[int]], vocab_size: int, blank_id: int) -> List[int]:
@@ -95,11 +106,7 @@ class CtcAsrMixin(SpeechModelMixin):
     def compute_loss(self, batch) -> Tuple[Tensor, MetricsTracker]:
         batch = batch.to(self.device)
         loss, frames = self.ctc_loss(batch.inputs, batch.input_lens, self.encode_texts(batch.texts))
-        info = MetricsTracker(unnormalised=["utterances"])
-        info["frames"] = float(frames)
-        info["utterances"] = float(len(batch))
-        info["loss"] = float(loss.detach())
-        return loss, info
+        return loss, loss_metrics(loss, frames, len(batch))
 
     @torch.no_grad()
     def transcribe(self, batch, options: DecodeOptions = DecodeOptions()) -> List[str]:

@@ -16,7 +16,9 @@ and the adaptation methods treat them alike:
   from (kind, configuration, the files it reads); written into the experiment
   directory by every trainer;
 * ``load_weights(state_dict)``: load checkpoint weights (all of them, or the
-  trainable subset a LoRA checkpoint holds).
+  trainable subset a LoRA checkpoint holds);
+* ``unknown_characters(text) -> set``: characters the model cannot spell (byte-level
+  tokenizers: none).
 
 :class:`SpeechModelMixin` gives the generic parts.
 """
@@ -48,6 +50,20 @@ class DecodeOptions:
         """icefall's file-name key: ``greedy-epoch-8-avg-3``, ``beam4-...``."""
         search = self.decoding_method if self.num_beams == 1 else f"beam{self.num_beams}"
         return f"{search}-{weights_name}"
+
+
+def loss_metrics(loss: torch.Tensor, frames: float, utterances: int, **more: float):
+    """The tracker ``compute_loss`` returns: the summed loss, its normaliser ("frames":
+    output frames or label tokens), the utterance count and any extra sums."""
+    from speechadapt.training.metrics import MetricsTracker
+
+    info = MetricsTracker(unnormalised=["utterances"])
+    info["frames"] = float(frames)
+    info["utterances"] = float(utterances)
+    info["loss"] = float(loss.detach())
+    for key, value in more.items():
+        info[key] = float(value)
+    return info
 
 
 def is_norm_module(module: nn.Module) -> bool:
@@ -102,6 +118,10 @@ class SpeechModelMixin:
         if partial:
             logging.info(f"{type(self).__name__}: loaded {len(state)} of {len(own)} entries "
                          f"(the rest from the model's base files)")
+
+    def unknown_characters(self, text: str) -> set:
+        """Characters of ``text`` outside the model's vocabulary (none for byte-level BPE)."""
+        return set()
 
     @property
     def device(self) -> torch.device:

@@ -28,7 +28,7 @@ from speechadapt.models.llm_asr_prompt import (
     PromptBuilder,
     assemble,
 )
-from speechadapt.models.interface import DecodeOptions, SpeechModelMixin
+from speechadapt.models.interface import DecodeOptions, SpeechModelMixin, loss_metrics
 from speechadapt.models.projector import FrameStackProjector
 from speechadapt.training.metrics import MetricsTracker
 from speechadapt.utils.config import config_to_dict
@@ -218,12 +218,7 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         label tokens (the normaliser), "acc" the teacher-forced argmax hits."""
         batch = batch.to(self.device)
         out = self(batch.inputs, batch.input_lens, batch.texts)
-        info = MetricsTracker(unnormalised=["utterances"])
-        info["frames"] = float(out.num_tokens)
-        info["loss"] = float(out.loss.detach())
-        info["acc"] = float(out.num_correct)
-        info["utterances"] = float(len(batch))
-        return out.loss, info
+        return out.loss, loss_metrics(out.loss, out.num_tokens, len(batch), acc=out.num_correct)
 
     # ------------------------------------------------------------------------ decoding
     @torch.no_grad()

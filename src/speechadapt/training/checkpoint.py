@@ -140,9 +140,28 @@ def update_averaged_model(model_avg: StateDict, model_cur: StateDict, weight_cur
 
 def _model_entry(path: PathLike, key: str = "model") -> StateDict:
     checkpoint = safe_torch_load(path)
-    if key not in checkpoint or checkpoint[key] is None:
-        raise KeyError(f"{path}: no {key!r} entry")
+    if not isinstance(checkpoint, dict) or checkpoint.get(key) is None:
+        found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise KeyError(f"{path}: no {key!r} entry (found {found})")
     return checkpoint[key]
+
+
+def check_same_layout(first: PathLike, first_state: StateDict, other: PathLike, other_state: StateDict) -> None:
+    """Averaging needs the same keys and shapes in every file; list the first differences."""
+    only_first = sorted(set(first_state) - set(other_state))
+    only_other = sorted(set(other_state) - set(first_state))
+    shapes = [f"{k}: {tuple(first_state[k].shape)} vs {tuple(other_state[k].shape)}"
+              for k in sorted(set(first_state) & set(other_state))
+              if tuple(first_state[k].shape) != tuple(other_state[k].shape)]
+    if not (only_first or only_other or shapes):
+        return
+    parts = [f"cannot average {first} with {other}: they hold different models"]
+    for label, items in ((f"only in {Path(first).name}", only_first), (f"only in {Path(other).name}", only_other),
+                         ("shapes differ", shapes)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{more}")
+    raise ValueError("; ".join(parts))
 
 
 def average_checkpoints(filenames: Sequence[PathLike], device: str = "cpu") -> StateDict:
@@ -159,8 +178,7 @@ def average_checkpoints(filenames: Sequence[PathLike], device: str = "cpu") -> S
             total = {k: v.to(device, torch.float64) if v.is_floating_point() else v.to(device)
                      for k, v in state.items()}
             continue
-        if set(state) != set(total):
-            raise KeyError(f"{name}: keys differ from {filenames[0]}")
+        check_same_layout(filenames[0], total, name, state)
         for k, v in state.items():
             if v.is_floating_point():
                 total[k] += v.to(device, torch.float64)
@@ -176,8 +194,9 @@ def average_checkpoints_with_averaged_model(filename_start: PathLike, filename_e
     start = safe_torch_load(filename_start)
     end = safe_torch_load(filename_end)
     for name, ckpt in ((filename_start, start), (filename_end, end)):
-        if ckpt.get("model_avg") is None:
+        if not isinstance(ckpt, dict) or ckpt.get("model_avg") is None or "batch_idx_train" not in ckpt:
             raise KeyError(f"{name}: no 'model_avg' entry (run with --average-period > 0)")
+    check_same_layout(filename_start, start["model_avg"], filename_end, end["model_avg"])
     b_start, b_end = int(start["batch_idx_train"]), int(end["batch_idx_train"])
     if b_end <= b_start:
         raise ValueError(f"{filename_end} (batch {b_end}) must come after {filename_start} (batch {b_start})")
@@ -205,10 +224,12 @@ def find_checkpoints(exp_dir: PathLike, iteration: int = 0) -> List[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def remove_checkpoints(exp_dir: PathLike, keep_last_k: int) -> None:
-    """Delete all but the newest ``keep_last_k`` checkpoint-B.pt files (0 keeps all)."""
+def remove_checkpoints(exp_dir: PathLike, keep_last_k: int, up_to: int = 0) -> None:
+    """Delete all but the newest ``keep_last_k`` checkpoint-B.pt files (0 keeps all).
+    With ``up_to`` only files with B <= up_to are candidates: a file from beyond the
+    running training's position is not this run's to prune."""
     if keep_last_k <= 0:
         return
-    for path in find_checkpoints(exp_dir)[keep_last_k:]:
+    for path in find_checkpoints(exp_dir, iteration=up_to)[keep_last_k:]:
         path.unlink(missing_ok=True)
         logging.info(f"removed old checkpoint {path}")

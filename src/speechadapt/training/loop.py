@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from speechadapt.training import checkpoint as ckpt
 from speechadapt.training.dist import DistInfo, all_reduce_sum, barrier, broadcast_parameters, get_world_size
+from speechadapt.training.exp_dir import check_fresh_start, resolve_start
 from speechadapt.training.metrics import MetricsTracker
 from speechadapt.training.optim import OptimizerConfig, build_optimizer
 from speechadapt.training.options import TrainingConfig
@@ -96,6 +97,11 @@ class Trainer:
         self.exp_dir = Path(config.exp_dir)
         self.is_main = self.dist.rank == 0
         self.should_stop = False  # hooks may set this to end training early
+        self.start_epoch, self.start_batch = resolve_start(self.exp_dir, config.start_epoch, config.start_batch)
+        self.resuming = (self.start_epoch, self.start_batch) != (1, 0)
+        if not self.resuming:
+            check_fresh_start(self.exp_dir, config.archive_old_run, self.is_main)
+            barrier()
 
         self.model = model.to(self.device)
         freeze_by_pattern(self.model, config.freeze_pattern)
@@ -110,7 +116,7 @@ class Trainer:
         self.model_avg = self._init_model_avg()
 
         self.params: Dict[str, Any] = {
-            "cur_epoch": config.start_epoch, "batch_idx_train": 0, "batch_idx_in_epoch": 0,
+            "cur_epoch": self.start_epoch, "batch_idx_train": 0, "batch_idx_in_epoch": 0,
             "avg_batch_idx": 0, "best_valid_loss": math.inf, "best_valid_epoch": -1,
             "valid_loss": math.inf, "epoch_valid_losses": {}, "bad_in_row": 0,
             "seed": config.seed, "world_size": self.dist.world_size,
@@ -163,10 +169,10 @@ class Trainer:
 
     # ---- resume ----------------------------------------------------------------
     def resume_path(self) -> Optional[Path]:
-        if self.config.start_batch > 0:
-            return self.exp_dir / f"checkpoint-{self.config.start_batch}.pt"
-        if self.config.start_epoch > 1:
-            return self.exp_dir / f"epoch-{self.config.start_epoch - 1}.pt"
+        if self.start_batch > 0:
+            return self.exp_dir / f"checkpoint-{self.start_batch}.pt"
+        if self.start_epoch > 1:
+            return self.exp_dir / f"epoch-{self.start_epoch - 1}.pt"
         return None
 
     def resume(self) -> int:
@@ -174,7 +180,7 @@ class Trainer:
         returns the epoch to continue in."""
         path = self.resume_path()
         if path is None:
-            return self.config.start_epoch
+            return self.start_epoch
         logging.info(f"resuming from {path}")
         saved = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler,
                                      self.grad_scaler if self.grad_scaler.is_enabled() else None)
@@ -187,16 +193,16 @@ class Trainer:
             else:
                 self.model_avg = {k: v.to(torch.float64) if v.is_floating_point() else v
                                   for k, v in saved["model_avg"].items()}
-        if self.config.start_batch > 0:
+        if self.start_batch > 0:
             # Mid-epoch: continue the saved RNG streams. (At an epoch boundary the
             # epoch's own seeding already reproduces the uninterrupted run.)
             self._resume_rng = self._rng_for_this_rank(saved["params"])
             epoch = int(self.params["cur_epoch"])
-            if self.config.start_epoch not in (1, epoch):
-                logging.warning(f"--start-epoch {self.config.start_epoch} ignored: {path} is in epoch {epoch}")
+            if self.start_epoch not in (1, epoch):
+                logging.warning(f"--start-epoch {self.start_epoch} ignored: {path} is in epoch {epoch}")
             return epoch
         self.params["batch_idx_in_epoch"] = 0
-        return self.config.start_epoch
+        return self.start_epoch
 
     def _rng_for_this_rank(self, params: Dict) -> Optional[Dict]:
         states = params.get("rng_states") or []
@@ -209,6 +215,9 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         """Train from --start-epoch/--start-batch to --num-epochs; returns ``params``."""
         start_epoch = self.resume()
+        if start_epoch > self.config.num_epochs:
+            logging.info(f"nothing to train: {self.exp_dir} already holds epoch {start_epoch - 1} of "
+                         f"--num-epochs {self.config.num_epochs}")
         for epoch in range(start_epoch, self.config.num_epochs + 1):
             self.params["cur_epoch"] = epoch
             self.train_one_epoch(epoch)
@@ -341,7 +350,7 @@ class Trainer:
         if self.config.save_every_n > 0 and b % self.config.save_every_n == 0:
             self.save(self.exp_dir / f"checkpoint-{b}.pt")
             if self.is_main:
-                ckpt.remove_checkpoints(self.exp_dir, self.config.keep_last_k)
+                ckpt.remove_checkpoints(self.exp_dir, self.config.keep_last_k, up_to=b)
 
     def update_model_avg(self) -> None:
         """Fold the current model into the running average, weighting it by the batches

@@ -8,14 +8,16 @@ and :class:`speechadapt.training.schedulers.SchedulerConfig`, the data's
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Union
 
 
 @dataclass
 class TrainingConfig:
     exp_dir: str = field(default="exp", metadata={"help": "checkpoints, logs, tensorboard, model.json"})
     num_epochs: int = 10
-    start_epoch: int = field(default=1, metadata={"help": "resume from exp-dir/epoch-(N-1).pt when > 1"})
+    start_epoch: Union[int, str] = field(default=1, metadata={
+        "type": "int_or_auto",
+        "help": "resume from exp-dir/epoch-(N-1).pt when > 1; 'auto': from the newest checkpoint, if any"})
     start_batch: int = field(default=0, metadata={
         "help": "resume from exp-dir/checkpoint-B.pt when > 0 (overrides --start-epoch)"})
     seed: int = field(default=42, metadata={"help": "model initialisation, data order, augmentation"})
@@ -37,13 +39,16 @@ class TrainingConfig:
     log_interval: int = field(default=50, metadata={"help": "log the training loss every N batches"})
     progress_seconds: float = field(default=60.0, metadata={
         "help": "without a terminal, a progress line at least this often (and every --log-interval batches)"})
+    archive_old_run: bool = field(default=False, metadata={
+        "help": "a fresh run in a folder holding another run's checkpoints moves them to "
+                "exp-dir/old-run-<time>/ (default: refuse)"})
     tensorboard: bool = True
     save_trainable_only: bool = field(default=False, metadata={
         "help": "checkpoints hold trainable parameters and buffers only (adapters)"})
 
     def validate(self) -> None:
-        if self.start_epoch < 1:
-            raise ValueError(f"--start-epoch must be >= 1, got {self.start_epoch}")
+        if self.start_epoch != "auto" and (not isinstance(self.start_epoch, int) or self.start_epoch < 1):
+            raise ValueError(f"--start-epoch must be 'auto' or an epoch >= 1, got {self.start_epoch!r}")
         if self.start_batch < 0:
             raise ValueError(f"--start-batch must be >= 0, got {self.start_batch}")
         if self.use_fp16 and self.use_bf16:

@@ -7,7 +7,8 @@ The one configuration mechanism of the project:
   field), and ``dataclass_from_args(Cls, args)`` builds the dataclass back through
   :func:`speechadapt.utils.config.config_from_dict`, the one dict -> dataclass
   converter. argparse refuses a flag defined twice, so every flag has one owner.
-* ``parse_args(make_parser, argv, entry_point)`` adds ``--config FILE``: a flat YAML
+* ``parse_args(make_parser, argv, entry_point)`` validates every config class the
+  parser holds (a bad value is a usage error naming the flag) and adds ``--config FILE``: a flat YAML
   mapping of flag names (``base_lr: 0.04`` or ``base-lr: 0.04``) read as if those
   flags came first on the command line, so flags given on the command line win and
   every value goes through the same argparse type conversion. An unknown key is an
@@ -65,6 +66,19 @@ def _list_parser(item: Callable[[str], Any], as_tuple: bool) -> Callable[[Any], 
     return parse
 
 
+def int_or_auto(value) -> Any:
+    """'auto' or an int (``--start-epoch auto``)."""
+    if isinstance(value, int) or str(value).strip() == "auto":
+        return value if isinstance(value, int) else "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {value!r}") from None
+
+
+NAMED_PARSERS = {"int_or_auto": int_or_auto}
+
+
 def field_parser(hint) -> Callable[[Any], Any]:
     """The argparse ``type`` for a field annotation (Optional, List and Tuple included)."""
     hint = _unwrap_optional(hint)
@@ -96,6 +110,9 @@ def add_dataclass_arguments(
     dataclass defaults (an entry point's own defaults)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(title or cls.__name__)
+    # parse_args validates every config class of the parser, so a bad value is a
+    # usage error at parse time, not a traceback later
+    parser.__dict__.setdefault("_config_classes", []).append(cls)
     skip = set(exclude)
     overrides = dict(defaults or {})
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
@@ -106,7 +123,8 @@ def add_dataclass_arguments(
             continue
         meta = f.metadata or {}
         default = overrides.get(f.name, _default_of(f))
-        kwargs: Dict[str, Any] = dict(dest=f.name, type=field_parser(hints[f.name]), default=default)
+        parse = NAMED_PARSERS[meta["type"]] if "type" in meta else field_parser(hints[f.name])
+        kwargs: Dict[str, Any] = dict(dest=f.name, type=parse, default=default)
         if meta.get("required"):
             kwargs["required"] = True
         if "choices" in meta:
@@ -226,7 +244,13 @@ def parse_args(make_parser, argv: Optional[Sequence[str]] = None,
         tokens = config_tokens(parser, values, f"--config {path}") if values else []
     except ConfigFileError as e:
         parser.error(str(e))
-    return parser.parse_args(tokens + argv)
+    args = parser.parse_args(tokens + argv)
+    for cls in parser.__dict__.get("_config_classes", []):
+        try:
+            dataclass_from_args(cls, args)
+        except (ValueError, TypeError) as e:
+            parser.error(str(e))
+    return args
 
 
 def _naive_tokens(values: Dict[str, Any]) -> List[str]:

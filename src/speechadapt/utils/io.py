@@ -1,6 +1,7 @@
 """Crash-safe writes: a temp file in the same directory, fsync, then os.replace.
 
-A crash mid-write leaves the previous file untouched (rename is atomic on POSIX).
+A crash mid-write leaves the previous file untouched (rename is atomic on POSIX), and
+the next save of that file removes the temp file the crash left.
 """
 
 import os
@@ -16,6 +17,10 @@ PathLike = Union[str, os.PathLike]
 def _atomic(path: PathLike, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A save killed mid-write leaves its temp file behind: the next save of the same
+    # file cleans it up.
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

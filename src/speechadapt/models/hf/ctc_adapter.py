@@ -111,6 +111,10 @@ class HFCtcAdapter(CtcAsrMixin, nn.Module):
     def decode_ids(self, ids: Sequence[int]) -> str:
         return self.decode_text(ids)
 
+    def unknown_characters(self, text: str) -> set:
+        vocab = self.tokenizer.get_vocab()
+        return {c for c in set(text.upper()) - {" "} if c not in vocab}
+
     def spec(self) -> Dict[str, Any]:
         return {"kind": "hf_ctc", "model_dir": self.model_dir, "dtype": self.dtype_name}
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from speechadapt.models.interface import DecodeOptions, SpeechModelMixin
+from speechadapt.models.interface import DecodeOptions, SpeechModelMixin, loss_metrics
 from speechadapt.training.metrics import MetricsTracker
 
 IGNORE_ID = -100
@@ -134,11 +134,7 @@ class WhisperAdapter(SpeechModelMixin, nn.Module):
     # ---- the model interface ---------------------------------------------------------
     def compute_loss(self, batch) -> Tuple[torch.Tensor, MetricsTracker]:
         loss, num_tokens = self.loss(batch.inputs, batch.texts, batch.input_lens)
-        info = MetricsTracker(unnormalised=["utterances"])
-        info["frames"] = float(num_tokens)
-        info["utterances"] = float(len(batch))
-        info["loss"] = float(loss.detach())
-        return loss, info
+        return loss, loss_metrics(loss, num_tokens, len(batch))
 
     @torch.no_grad()
     def transcribe(self, batch, options: DecodeOptions = DecodeOptions()) -> List[str]:
