@@ -85,14 +85,14 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     data_config = dataclass_from_args(DataConfig, args)
     data = AsrDataModule(data_config, model.input_kind, seed=training.seed)
 
-    def checked_cuts(name):
-        return check_transcripts(data.load_cuts(name), model.unknown_characters, data_config.max_bad_transcripts, name)
+    def checked_cuts(name, max_bad):
+        return check_transcripts(data.load_cuts(name), model.unknown_characters, max_bad, name)
 
-    train_dl = data.train_dataloaders(checked_cuts(args.train_split), world_size=dist_info.world_size,
-                                      rank=dist_info.rank)
+    train_dl = data.train_dataloaders(checked_cuts(args.train_split, data_config.max_bad_transcripts),
+                                      world_size=dist_info.world_size, rank=dist_info.rank)
     valid_dl = None
-    if args.valid_split:
-        valid_dl = data.valid_dataloaders(checked_cuts(args.valid_split), world_size=dist_info.world_size,
+    if args.valid_split:  # held-out text may hold what the training text lacks: a warning only
+        valid_dl = data.valid_dataloaders(checked_cuts(args.valid_split, 1.0), world_size=dist_info.world_size,
                                           rank=dist_info.rank)
     trainer = Trainer(training, model, train_dl, valid_dl, dist_info,
                       optimizer_config=dataclass_from_args(OptimizerConfig, args),
