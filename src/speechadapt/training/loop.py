@@ -261,9 +261,9 @@ class Trainer:
                 break
         if not self.should_stop:
             if self.params["batch_idx_in_epoch"] == 0:
-                raise ValueError(f"epoch {epoch}: the training loader yielded no batch (a bucketing sampler "
-                                 f"with --drop-last true drops buckets that never fill --max-duration: lower "
-                                 f"--max-duration or --num-buckets, or pass --drop-last false)")
+                raise ValueError(f"epoch {epoch}: the training loader yielded no batch (with --drop-last true a "
+                                 f"batch that never fills --max-duration is dropped, per bucket when bucketing: "
+                                 f"lower --max-duration or --num-buckets, or pass --drop-last false)")
             self.params["batches_per_epoch"] = int(self.params["batch_idx_in_epoch"])
         epoch_info = epoch_info if epoch_info is not None else MetricsTracker()
         epoch_info.reduce(self._reduce_device())

@@ -90,7 +90,7 @@ def safe_torch_load(path: PathLike, map_location: Any = "cpu") -> Any:
         if "icefall" not in message and "pathlib" not in message:
             raise _refused(path, first_error) from None
         logging.debug(f"{path}: retrying with icefall's AttributeDict allowed")
-    except (RuntimeError, EOFError, KeyError, ValueError, IndexError) as e:
+    except (RuntimeError, EOFError, KeyError, ValueError, IndexError, OSError) as e:
         raise _corrupt(path, e) from None
     try:
         with torch.serialization.safe_globals(_ALLOWED_EXTRA):
