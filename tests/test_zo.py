@@ -198,7 +198,7 @@ def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="eps"):
         ZOOptimizer(p, lr=0.1, eps=0)
     with pytest.raises(ValueError, match="estimator"):
-        ZOOptimizer(p, lr=0.1, estimator="lozo")
+        ZOOptimizer(p, lr=0.1, estimator="nope")
     with pytest.raises(ValueError, match="num_queries"):
         ZOOptimizer(p, lr=0.1, num_queries=0)
     with pytest.raises(ValueError, match="contiguous"):

@@ -24,7 +24,7 @@ def task():
     return nn.Linear(5, 1), x, y
 
 
-LRS = {"adamw": 0.02, "sgd": 0.05, "scaled_adam": 0.02, "mezo": 0.02, "zo-asr": 0.02, "hizoo": 0.02}
+LRS = {"adamw": 0.02, "sgd": 0.05, "scaled_adam": 0.02, "mezo": 0.02, "zo-asr": 0.02, "hizoo": 0.02, "lozo": 0.02}
 
 
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)

@@ -49,6 +49,7 @@ import torch
 
 from speechadapt.adapt.zo_directions import (
     DEFAULT_CHUNK_SIZE,
+    LowRankDirections,
     SeededDraws,
     Workspace,
     check_perturbable,
@@ -57,7 +58,7 @@ from speechadapt.adapt.zo_directions import (
 )
 from speechadapt.training.dist import all_reduce_sum, get_world_size
 
-ESTIMATORS = ("spsa", "hizoo")
+ESTIMATORS = ("spsa", "hizoo", "lozo")
 LossFn = Callable[..., Any]
 
 
@@ -163,6 +164,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         hessian_min: float = 1e-2,
         seed: int = 0,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        lozo_rank: int = 2,
+        lozo_interval: int = 50,
     ):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
@@ -178,6 +181,8 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError("hessian_smooth must be in (0, 1] and hessian_min > 0")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if lozo_interval < 1:
+            raise ValueError(f"lozo_interval must be >= 1, got {lozo_interval}")
         super().__init__(as_param_groups(params), dict(lr=lr, weight_decay=weight_decay))
         self.params = [p for group in self.param_groups for p in group["params"]]
         for p in self.params:
@@ -203,9 +208,15 @@ class ZOOptimizer(torch.optim.Optimizer):
         if estimator == "hizoo":
             for p in self.params:
                 self.state[p]["hessian"] = torch.ones_like(p, memory_format=torch.contiguous_format)
+        self.lozo_interval = int(lozo_interval)
+        self._lowrank = LowRankDirections(self.params, lozo_rank) if estimator == "lozo" else None
 
     zeroth_order = True
     num_backwards = 0
+
+    @property
+    def lozo_rank(self) -> Optional[int]:
+        return None if self._lowrank is None else self._lowrank.rank
 
     @property
     def forwards_per_step(self) -> int:
@@ -223,9 +234,16 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError("ZOOptimizer: every rank must use the same seed")
 
     # -- directions ------------------------------------------------------------
+    def _raw_direction(self, draws: SeededDraws, j: int, index: int, start: int, chunk) -> torch.Tensor:
+        """z_j for this chunk: Gaussian, or LOZO's low-rank one for a matrix."""
+        out = self._workspace.get(0, chunk)
+        if self._lowrank is not None and self._lowrank.applies_to(self.params[index]):
+            return self._lowrank.fill(draws.seeds[j], index, start, out)
+        return draws.draw(j, out)
+
     def _direction(self, draws: SeededDraws, j: int, index: int, start: int, chunk) -> torch.Tensor:
         """z_j for this chunk, shaped by 1/sqrt(h) under HiZOO."""
-        z = draws.draw(j, self._workspace.get(0, chunk))
+        z = self._raw_direction(draws, j, index, start, chunk)
         if self.estimator == "hizoo":
             hessian = state_chunk(self.state[self.params[index]]["hessian"], start, chunk.numel())
             z.mul_(torch.rsqrt(hessian, out=self._workspace.get(1, chunk)))
@@ -239,7 +257,10 @@ class ZOOptimizer(torch.optim.Optimizer):
             chunk.add_(self._direction(draws, 0, index, start, chunk), alpha=scale)
 
     def draw_seeds(self) -> List[int]:
-        """The next q seeds of the master stream (identical on every rank)."""
+        """The next q seeds of the master stream (identical on every rank); under LOZO a
+        new V seed first, every ``lozo_interval`` steps."""
+        if self._lowrank is not None and self.num_steps % self.lozo_interval == 0:
+            self._lowrank.v_seed = int(torch.randint(0, 2**62, (1,), generator=self._master))
         return torch.randint(0, 2**62, (self.num_queries,), generator=self._master).tolist()
 
     # -- queries ---------------------------------------------------------------
@@ -317,7 +338,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             if momentum is not None:
                 momentum.mul_(self.momentum)
             for j in range(q):
-                z = draws.draw(j, self._workspace.get(0, chunk))
+                z = self._raw_direction(draws, j, index, start, chunk)
                 if curv_sum is not None:
                     curv_sum.addcmul_(z, z, value=curvature[j])
                     z.mul_(inv_sqrt_h)
@@ -374,6 +395,8 @@ class ZOOptimizer(torch.optim.Optimizer):
             hessian_min=self.hessian_min,
             seed=self.seed,
             chunk_size=self.chunk_size,
+            lozo_interval=self.lozo_interval,
+            lozo_rank=self.lozo_rank,
         )
 
     def state_dict(self) -> Dict[str, Any]:
@@ -384,6 +407,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             num_steps=self.num_steps,
             num_skipped=self.num_skipped,
             num_forwards=self.num_forwards,
+            lozo_v_seed=None if self._lowrank is None else self._lowrank.v_seed,
         )
         return state
 
@@ -392,10 +416,10 @@ class ZOOptimizer(torch.optim.Optimizer):
         if "zo" not in state_dict:
             raise KeyError("not a ZOOptimizer state dict: the 'zo' entry is missing")
         zo = dict(state_dict.pop("zo"))
-        for key in ("estimator", "chunk_size"):
-            if zo[key] != getattr(self, key):
+        for key in ("estimator", "chunk_size", "lozo_rank"):
+            if zo.get(key) != getattr(self, key):
                 raise ValueError(
-                    f"ZO state dict has {key}={zo[key]!r} but this optimiser has "
+                    f"ZO state dict has {key}={zo.get(key)!r} but this optimiser has "
                     f"{getattr(self, key)!r}: the random directions would differ"
                 )
         super().load_state_dict(state_dict)
@@ -403,7 +427,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.num_steps = int(zo["num_steps"])
         self.num_skipped = int(zo.get("num_skipped", 0))
         self.num_forwards = int(zo.get("num_forwards", 0))
-        for key in ("eps", "num_queries", "momentum", "hessian_smooth", "hessian_min", "seed"):
+        if self._lowrank is not None:
+            self._lowrank.v_seed = int(zo["lozo_v_seed"])
+        for key in ("eps", "num_queries", "momentum", "hessian_smooth", "hessian_min", "seed", "lozo_interval"):
+            if key not in zo:
+                continue
             saved = type(getattr(self, key))(zo[key])
             if saved != getattr(self, key):  # exact resume needs the saved settings
                 logging.warning(f"ZOOptimizer: {key}={getattr(self, key)} replaced by the saved {saved}")

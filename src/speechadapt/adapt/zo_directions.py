@@ -93,3 +93,54 @@ def walk(
 def state_chunk(state: torch.Tensor, start: int, size: int) -> torch.Tensor:
     """The piece of a parameter-shaped state tensor that matches a chunk."""
     return state.view(-1)[start : start + size]
+
+
+class LowRankDirections:
+    """LOZO's directions for matrix parameters: z = U V^T / sqrt(r).
+
+    A parameter of shape (m, ...) is a matrix of m rows and n = numel / m columns. U
+    (m x r) is fresh for every query (from the query's seed and the parameter's
+    index); V (n x r) changes only when ``v_seed`` does (every ``nu`` steps). Dividing by
+    sqrt(r) gives z unit-variance entries, so eps and lr mean what they mean for
+    MeZO, and E[z z^T] over U and V is the identity: the estimate g z with
+    g = <grad, z> is unbiased. (The public LOZO code perturbs by eps U V^T and steps
+    by lr <grad, U V^T> U V^T: its lr equals this one divided by r.) Only U and V (r (m + n) numbers)
+    exist at any time; a chunk of z is computed from the rows it covers.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], rank: int):
+        if rank < 1:
+            raise ValueError(f"LOZO rank must be >= 1, got {rank}")
+        self.params = list(params)
+        self.rank = int(rank)
+        self.v_seed = 0
+        self._cached: Tuple = (None, None, None)
+
+    @staticmethod
+    def applies_to(param: torch.Tensor) -> bool:
+        return param.dim() >= 2
+
+    def _factors(self, query_seed: int, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        key = (query_seed, self.v_seed, index)
+        if self._cached[0] == key:
+            return self._cached[1], self._cached[2]
+        param = self.params[index]
+        m = param.shape[0]
+        n = param.numel() // m
+        gen = torch.Generator(device=param.device)
+        gen.manual_seed((query_seed * 1_000_003 + index) % (1 << 62))
+        u = torch.randn(m, self.rank, generator=gen, device=param.device, dtype=torch.float32)
+        gen.manual_seed((self.v_seed * 1_000_003 + index) % (1 << 62))
+        v = torch.randn(n, self.rank, generator=gen, device=param.device, dtype=torch.float32)
+        self._cached = (key, u, v)
+        return u, v
+
+    def fill(self, query_seed: int, index: int, start: int, out: torch.Tensor) -> torch.Tensor:
+        """``out`` = the slice [start, start + len(out)) of the flat z of parameter ``index``."""
+        u, v = self._factors(query_seed, index)
+        n = v.shape[0]
+        first, last = start // n, (start + out.numel() - 1) // n + 1
+        block = (u[first:last] @ v.T).reshape(-1)
+        offset = start - first * n
+        out.copy_(block[offset: offset + out.numel()])
+        return out.mul_(self.rank ** -0.5)

@@ -7,7 +7,7 @@ batch:
 * first-order optimisers (``adamw``, ``sgd``, ``scaled_adam``) run it once under
   autograd, back-propagate (through the AMP grad scaler when fp16 is on), clip to
   ``--max-grad-norm``, check the gradients and step;
-* zeroth-order ones (``mezo``, ``zo-asr``, ``hizoo``: :class:`ZOOptimizer`) run it
+* zeroth-order ones (``mezo``, ``zo-asr``, ``hizoo``, ``lozo``: :class:`ZOOptimizer`) run it
   2q (+1) times with ``grad_enabled=False`` under ``torch.inference_mode``.
 
 Either way ``step`` returns the loss as a float; ``optimizer.skipped`` says why the
@@ -37,13 +37,14 @@ ZO_PRESETS: Dict[str, Dict[str, Any]] = {
     "mezo": dict(num_queries=1, eps=1e-3, estimator="spsa"),
     "zo-asr": dict(num_queries=8, eps=1e-3, estimator="spsa"),
     "hizoo": dict(num_queries=1, eps=1e-3, estimator="hizoo"),
+    "lozo": dict(num_queries=1, eps=1e-3, estimator="lozo"),
 }
 
 
 @dataclass
 class OptimizerConfig:
     optimizer: str = field(default="scaled_adam", metadata={"help": "first-order: adamw, sgd, scaled_adam; "
-                                                                    "zeroth-order: mezo, zo-asr, hizoo"})
+                                                                    "zeroth-order: mezo, zo-asr, hizoo, lozo"})
     base_lr: float = 0.04
     weight_decay: float = field(default=0.0, metadata={
         "help": "decoupled decay of matrices (biases and norm weights are not decayed); not ScaledAdam"})
@@ -55,6 +56,8 @@ class OptimizerConfig:
     zo_num_queries: Optional[int] = field(default=None, metadata={"help": "q, averaged (preset's if unset)"})
     zo_seed: int = field(default=0, metadata={"help": "seed of the perturbations, the same on every rank"})
     hessian_smooth: Optional[float] = field(default=None, metadata={"help": "HiZOO only"})
+    lozo_rank: int = field(default=2, metadata={"help": "LOZO: rank r of the perturbations U V^T"})
+    lozo_interval: int = field(default=50, metadata={"help": "LOZO: steps between new V (nu)"})
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZER_NAMES:
@@ -182,7 +185,7 @@ def build_optimizer(named_params: NamedParams, config: OptimizerConfig,
         inner = FIRST_ORDER[config.optimizer](params, config)
         return FirstOrderOptimizer(inner, params, config.max_grad_norm, grad_scaler)
     settings = dict(ZO_PRESETS[config.optimizer], weight_decay=config.weight_decay, momentum=config.momentum,
-                    seed=config.zo_seed)
+                    seed=config.zo_seed, lozo_rank=config.lozo_rank, lozo_interval=config.lozo_interval)
     optional = dict(eps=config.zo_eps, num_queries=config.zo_num_queries, hessian_smooth=config.hessian_smooth)
     settings.update({k: v for k, v in optional.items() if v is not None})
     return ZOOptimizer(named, lr=config.base_lr, **settings)
