@@ -51,6 +51,12 @@ class ZipformerCtc(CtcAsrMixin, ZipformerBase):
         logits, out_lens = self.ctc_logits(x, x_lens)
         return self.ctc_output[2](logits), out_lens
 
+    def log_probs(self, x: Tensor, x_lens: Tensor, cache: Optional[dict] = None) -> Tuple[Tensor, Tensor]:
+        """As ``forward``; with a ``cache`` the frozen bottom of the encoder runs once per
+        batch (``ZipformerBase.encode``)."""
+        encoder_out, out_lens = self.encode(x, x_lens, cache)
+        return self.ctc_output(encoder_out), out_lens
+
     # ---- text side -----------------------------------------------------------------
     def _tokenizer(self) -> BpeTokenizer:
         if self.tokenizer is None:

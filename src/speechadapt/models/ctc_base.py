@@ -8,7 +8,7 @@ adapters (waveform, characters) alike.
 """
 
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -81,13 +81,18 @@ class CtcAsrMixin(SpeechModelMixin):
     def decode_ids(self, ids: Sequence[int]) -> str:
         raise NotImplementedError
 
-    def ctc_loss(self, x: Tensor, x_lens: Tensor, targets: Sequence[Sequence[int]]) -> Tuple[Tensor, int]:
+    def log_probs(self, x: Tensor, x_lens: Tensor, cache: Optional[dict] = None) -> Tuple[Tensor, Tensor]:
+        """``forward``, reusing the frozen part's output held in ``cache`` when the model can."""
+        return self(x, x_lens)  # type: ignore[operator]
+
+    def ctc_loss(self, x: Tensor, x_lens: Tensor, targets: Sequence[Sequence[int]],
+                 cache: Optional[dict] = None) -> Tuple[Tensor, int]:
         """Summed CTC loss over the batch and the number of output frames (torch's CTC,
         no k2). Impossible alignments (too few frames) give 0 (zero_infinity)."""
         if len(targets) != x.shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {x.shape[0]}")
         flat = check_targets(targets, self.vocab_size, self.blank_id)
-        log_probs, out_lens = self(x, x_lens)  # type: ignore[operator]
+        log_probs, out_lens = self.log_probs(x, x_lens, cache)
         target_lens = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
         loss = F.ctc_loss(
             log_probs.permute(1, 0, 2).float(),
@@ -103,9 +108,9 @@ class CtcAsrMixin(SpeechModelMixin):
         logits, out_lens = self.ctc_logits(x, x_lens)  # type: ignore[attr-defined]
         return greedy_ctc_collapse(logits, out_lens, self.blank_id)
 
-    def compute_loss(self, batch) -> Tuple[Tensor, MetricsTracker]:
+    def compute_loss(self, batch, cache: Optional[dict] = None) -> Tuple[Tensor, MetricsTracker]:
         batch = batch.to(self.device)
-        loss, frames = self.ctc_loss(batch.inputs, batch.input_lens, self.encode_texts(batch.texts))
+        loss, frames = self.ctc_loss(batch.inputs, batch.input_lens, self.encode_texts(batch.texts), cache)
         return loss, loss_metrics(loss, frames, len(batch))
 
     @torch.no_grad()

@@ -156,15 +156,28 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         own = match.to(self.speech_token_embeddings.dtype) @ self.speech_token_embeddings
         return torch.where(match.any(-1, keepdim=True), own.to(emb.dtype), emb)
 
-    def encode(self, x: torch.Tensor, x_lens: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        """Per slot: projected frames (B, T_s, H) in the LLM's dtype and their lengths."""
+    def encode(self, x: torch.Tensor, x_lens: torch.Tensor,
+               cache: Optional[dict] = None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Per slot: projected frames (B, T_s, H) in the LLM's dtype and their lengths.
+
+        ``cache`` (a dict kept for one batch) holds what does not change between the
+        evaluations of a zeroth-order step: the frozen encoders' outputs always, and the
+        projected frames too when no projector parameter is tuned."""
+        if cache is not None and "speech" in cache:
+            return cache["speech"]
         dtype = self.llm.get_input_embeddings().weight.dtype
-        out = []
-        for encoder, projector in zip(self.encoders, self.projectors):
+        encoded = cache.get("encoded") if cache is not None else None
+        if encoded is None:
             with torch.no_grad():
-                enc, enc_lens = encoder(x, x_lens)
+                encoded = [encoder(x, x_lens) for encoder in self.encoders]
+            if cache is not None:
+                cache["encoded"] = encoded
+        out = []
+        for (enc, enc_lens), projector in zip(encoded, self.projectors):
             frames, lens = projector(enc.float(), enc_lens)
             out.append((frames.to(dtype), lens))
+        if cache is not None and not any(p.requires_grad for p in self.projectors.parameters()):
+            cache["speech"] = out
         return out
 
     def build_prompts(
@@ -187,10 +200,10 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
 
     # ------------------------------------------------------------------------ training
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor, texts: Sequence[str],
-                keep: Optional[torch.Tensor] = None) -> LlmAsrOutput:
+                keep: Optional[torch.Tensor] = None, cache: Optional[dict] = None) -> LlmAsrOutput:
         """Teacher-forced loss. ``keep`` (B, S) bool forces which slots each prompt
         holds; by default MoSE slot dropout draws it in training."""
-        speech = self.encode(x, x_lens)
+        speech = self.encode(x, x_lens, cache)
         if keep is None and self.training and self.num_slots > 1 and self.config.mose_slot_dropout > 0:
             keep = sample_slot_mask(x.size(0), self.num_slots, self.config.mose_slot_dropout)
         prompts = self.build_prompts(speech, texts, keep)
@@ -213,11 +226,11 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         correct = ((logits.argmax(-1) == targets) & valid).sum()
         return LlmAsrOutput(loss=loss, num_tokens=int(valid.sum()), num_correct=int(correct))
 
-    def compute_loss(self, batch) -> Tuple[torch.Tensor, MetricsTracker]:
+    def compute_loss(self, batch, cache: Optional[dict] = None) -> Tuple[torch.Tensor, MetricsTracker]:
         """Summed token cross-entropy of a SpeechBatch; the tracker's "frames" are the
         label tokens (the normaliser), "acc" the teacher-forced argmax hits."""
         batch = batch.to(self.device)
-        out = self(batch.inputs, batch.input_lens, batch.texts)
+        out = self(batch.inputs, batch.input_lens, batch.texts, cache=cache)
         return out.loss, loss_metrics(out.loss, out.num_tokens, len(batch), acc=out.num_correct)
 
     # ------------------------------------------------------------------------ decoding

@@ -28,6 +28,7 @@ global RNGs (so resume reproduces it), the loss and its metrics. Left to the ent
 point: the dataloaders and pre-trained weights.
 """
 
+import inspect
 import logging
 import math
 import re
@@ -58,15 +59,26 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-class LossForward(nn.Module):
-    """``forward(batch)`` = ``model.compute_loss(batch)``: what DDP wraps, so its
-    gradient hooks see the loss of any model of the interface."""
+Objective = Callable[[nn.Module, Any, Optional[dict]], Tuple[torch.Tensor, MetricsTracker]]
 
-    def __init__(self, model: nn.Module):
+
+class LossForward(nn.Module):
+    """``forward(batch, cache)`` = the objective of the model on the batch (by default
+    ``model.compute_loss``): what DDP wraps, so its gradient hooks see the loss of any
+    model. ``cache`` lives for one batch: models keep there what the repeated
+    evaluations of a zeroth-order step share (frozen encoders' outputs)."""
+
+    def __init__(self, model: nn.Module, objective: Optional[Objective] = None):
         super().__init__()
         self.model = model
+        self.objective = objective
+        self._takes_cache = "cache" in inspect.signature(model.compute_loss).parameters
 
-    def forward(self, batch) -> Tuple[torch.Tensor, MetricsTracker]:
+    def forward(self, batch, cache: Optional[dict] = None) -> Tuple[torch.Tensor, MetricsTracker]:
+        if self.objective is not None:
+            return self.objective(self.model, batch, cache)
+        if self._takes_cache:
+            return self.model.compute_loss(batch, cache=cache)
         return self.model.compute_loss(batch)
 
 
@@ -84,6 +96,8 @@ class Trainer:
         scheduler=None,
         batch_hooks: Optional[List[Hook]] = None,
         valid_hooks: Optional[List[Callable[["Trainer", MetricsTracker], None]]] = None,
+        step_hooks: Optional[List[Hook]] = None,
+        objective: Optional[Objective] = None,
     ):
         config.validate()
         if not hasattr(model, "compute_loss"):
@@ -94,6 +108,7 @@ class Trainer:
         self.train_dl, self.valid_dl = train_dl, valid_dl
         self.batch_hooks = list(batch_hooks or [])
         self.valid_hooks = list(valid_hooks or [])
+        self.step_hooks = list(step_hooks or [])  # after each update (evaluation, early stop)
         self.exp_dir = Path(config.exp_dir)
         self.is_main = self.dist.rank == 0
         self.should_stop = False  # hooks may set this to end training early
@@ -112,7 +127,7 @@ class Trainer:
         self.zeroth_order = bool(getattr(self.optimizer, "zeroth_order", False))
         self.scheduler = scheduler or build_scheduler(
             self.optimizer, scheduler_config or SchedulerConfig(), self._total_steps(scheduler_config))
-        self.loss_module = self._wrap_ddp(LossForward(self.model))
+        self.loss_module = self._wrap_ddp(LossForward(self.model, objective))
         self.model_avg = self._init_model_avg()
 
         self.params: Dict[str, Any] = {
@@ -215,14 +230,17 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         """Train from --start-epoch/--start-batch to --num-epochs; returns ``params``."""
         start_epoch = self.resume()
-        if start_epoch > self.config.num_epochs:
-            logging.info(f"nothing to train: {self.exp_dir} already holds epoch {start_epoch - 1} of "
-                         f"--num-epochs {self.config.num_epochs}")
-        for epoch in range(start_epoch, self.config.num_epochs + 1):
+        last_epoch = self.config.num_epochs
+        if self.config.max_steps and self.params["batch_idx_train"] >= self.config.max_steps:
+            last_epoch = 0  # the step budget is spent already
+        if start_epoch > last_epoch:
+            logging.info(f"nothing to train: {self.exp_dir} already holds epoch {start_epoch - 1} "
+                         f"(batch {self.params['batch_idx_train']}) of this run")
+        for epoch in range(start_epoch, last_epoch + 1):
             self.params["cur_epoch"] = epoch
             self.train_one_epoch(epoch)
             if self.should_stop:
-                logging.info("stopping early at the request of a hook")
+                self._stop()
                 break
             self.end_epoch(epoch)
         if self.tb_writer is not None:
@@ -310,11 +328,12 @@ class Trainer:
         metrics, the global normaliser). The normaliser and the non-finite check take
         one all-reduce, so every rank agrees to skip a bad batch (DDP would hang)."""
         seen: Dict[str, Any] = {}
+        cache: Optional[dict] = {} if self.zeroth_order and self.config.cache_frozen else None
 
         def loss_fn(grad_enabled: bool = True) -> torch.Tensor:
             with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
-                loss, info = self.loss_module(batch)
+                loss, info = self.loss_module(batch, cache)
             if "scale" not in seen:
                 seen["info"] = info
                 frames = float(info.get("frames", 0.0)) if self.config.loss_norm == "frames" else 1.0
@@ -351,6 +370,19 @@ class Trainer:
             self.save(self.exp_dir / f"checkpoint-{b}.pt")
             if self.is_main:
                 ckpt.remove_checkpoints(self.exp_dir, self.config.keep_last_k, up_to=b)
+        for hook in self.step_hooks:
+            hook(self)
+        if self.config.max_steps and b >= self.config.max_steps:
+            self.should_stop = True
+
+    def _stop(self) -> None:
+        """An early stop (the step budget, or a hook): validate and save where it stopped,
+        so the run can be resumed or its last weights decoded."""
+        b = int(self.params["batch_idx_train"])
+        logging.info(f"stopping at batch {b}" + (" (--max-steps)" if b >= (self.config.max_steps or b + 1) else ""))
+        path = self.exp_dir / f"checkpoint-{b}.pt"
+        if not path.is_file():
+            self.save(path)
 
     def update_model_avg(self) -> None:
         """Fold the current model into the running average, weighting it by the batches

@@ -42,6 +42,10 @@ class TrainingConfig:
     archive_old_run: bool = field(default=False, metadata={
         "help": "a fresh run in a folder holding another run's checkpoints moves them to "
                 "exp-dir/old-run-<time>/ (default: refuse)"})
+    cache_frozen: bool = field(default=True, metadata={
+        "help": "zeroth-order steps compute what is frozen (encoders, frozen lower stacks) once per batch, "
+                "not once per query"})
+    max_steps: int = field(default=0, metadata={"help": "stop after this many updates (0: --num-epochs decides)"})
     tensorboard: bool = True
     save_trainable_only: bool = field(default=False, metadata={
         "help": "checkpoints hold trainable parameters and buffers only (adapters)"})

@@ -132,7 +132,7 @@ class WhisperAdapter(SpeechModelMixin, nn.Module):
         return self.decode(sequences)
 
     # ---- the model interface ---------------------------------------------------------
-    def compute_loss(self, batch) -> Tuple[torch.Tensor, MetricsTracker]:
+    def compute_loss(self, batch, cache: Optional[dict] = None) -> Tuple[torch.Tensor, MetricsTracker]:
         loss, num_tokens = self.loss(batch.inputs, batch.texts, batch.input_lens)
         return loss, loss_metrics(loss, num_tokens, len(batch))
 

@@ -304,14 +304,33 @@ class Zipformer2(nn.Module):
                 cur_dim = self.encoder_dim[i]
         return torch.cat(pieces, dim=-1)
 
-    def forward(self, x: Tensor, x_lens: Tensor,
-                src_key_padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def first_trainable_stack(self) -> int:
+        """Index of the lowest stack with a parameter that requires grad (len if none)."""
+        for i, module in enumerate(self.encoders):
+            if any(p.requires_grad for p in module.parameters()):
+                return i
+        return len(self.encoders)
+
+    def forward(self, x: Tensor, x_lens: Tensor, src_key_padding_mask: Optional[Tensor] = None,
+                cache: Optional[dict] = None) -> Tuple[Tensor, Tensor]:
+        """``cache`` (a dict kept for one batch): the output of the frozen stacks below
+        the lowest trainable one is stored on the first call and reused afterwards, so
+        the repeated evaluations of a zeroth-order step skip them (eval mode only)."""
         feature_masks = self._feature_masks(x)
         chunk_size, left_chunks = self._chunk_info()
         attn_mask = self._attn_mask(x.shape[0], chunk_size, left_chunks, x.device)
         fill_padding = self.pad_invariant and src_key_padding_mask is not None
-        outputs = []
+        outputs, first = [], 0
+        use_cache = cache is not None and not self.training
+        if use_cache and "stacks" in cache:
+            first, x, outputs = cache["stacks"]
+            outputs = list(outputs)
+        keep_at = self.first_trainable_stack() if use_cache and "stacks" not in cache else -1
         for i, module in enumerate(self.encoders):
+            if i < first:
+                continue
+            if i == keep_at and i > 0:
+                cache["stacks"] = (i, x, list(outputs))
             ds = self.downsampling_factor[i]
             x = convert_num_channels(x, self.encoder_dim[i])
             if fill_padding:
@@ -368,8 +387,19 @@ class ZipformerBase(nn.Module):
             if isinstance(module, ScheduledFloat):
                 module.batch_count = scaled
 
-    def encode(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
-        """x: (N, T, feature_dim), x_lens: (N,) valid frames -> ((N, T', D), (N,))."""
+    def encode(self, x: Tensor, x_lens: Tensor, cache: Optional[dict] = None) -> Tuple[Tensor, Tensor]:
+        """x: (N, T, feature_dim), x_lens: (N,) valid frames -> ((N, T', D), (N,)).
+
+        ``cache``: see ``Zipformer2.forward``; a fully frozen encoder's output is cached whole."""
+        use_cache = cache is not None and not self.training
+        if use_cache and "encoder_out" in cache:
+            return cache["encoder_out"]
+        out = self._encode(x, x_lens, cache if use_cache else None)
+        if use_cache and not any(p.requires_grad for m in (self.encoder_embed, self.encoder) for p in m.parameters()):
+            cache["encoder_out"] = out
+        return out
+
+    def _encode(self, x: Tensor, x_lens: Tensor, cache: Optional[dict]) -> Tuple[Tensor, Tensor]:
         if x.ndim != 3:
             raise ValueError(f"expected features (N, T, F), got shape {tuple(x.shape)}")
         if x_lens.ndim != 1 or x_lens.shape[0] != x.shape[0]:
@@ -378,9 +408,14 @@ class ZipformerBase(nn.Module):
             raise ValueError(f"x_lens max {int(x_lens.max())} > number of frames {x.shape[1]}")
         if int(x_lens.min()) < 9:
             raise ValueError(f"every input needs >= 9 frames, got x_lens {x_lens.tolist()}")
-        x, x_lens = self.encoder_embed(x, x_lens.to(x.device))
+        if cache is not None and "embed" in cache:
+            x, x_lens = cache["embed"]
+        else:
+            x, x_lens = self.encoder_embed(x, x_lens.to(x.device))
+            if cache is not None and not any(p.requires_grad for p in self.encoder_embed.parameters()):
+                cache["embed"] = (x, x_lens)
         padding_mask = make_pad_mask(x_lens, max_len=x.shape[1])
-        out, out_lens = self.encoder(x.permute(1, 0, 2), x_lens, padding_mask)
+        out, out_lens = self.encoder(x.permute(1, 0, 2), x_lens, padding_mask, cache=cache)
         return out.permute(1, 0, 2), out_lens
 
 
