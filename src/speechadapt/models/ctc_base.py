@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from speechadapt.decoding.ctc import greedy_ctc_collapse
+from speechadapt.decoding.ctc import collapse_paths, greedy_ctc_collapse
 from speechadapt.models.interface import DecodeOptions, SpeechModelMixin, loss_metrics
 from speechadapt.training.metrics import MetricsTracker
 
@@ -112,6 +112,31 @@ class CtcAsrMixin(SpeechModelMixin):
         batch = batch.to(self.device)
         loss, frames = self.ctc_loss(batch.inputs, batch.input_lens, self.encode_texts(batch.texts), cache)
         return loss, loss_metrics(loss, frames, len(batch))
+
+    # ---- expected WER (speechadapt.adapt.objectives) ---------------------------------
+    @torch.no_grad()
+    def sample_hypotheses(self, batch, num_samples: int, generator: torch.Generator, temperature: float = 1.0):
+        """``num_samples`` frame paths per utterance drawn from the frame posteriors
+        (at ``temperature``), and their collapsed texts ``[n][B]``."""
+        batch = batch.to(self.device)
+        logits, out_lens = self.ctc_logits(batch.inputs, batch.input_lens)
+        probs = (logits.float() / temperature).softmax(-1).cpu()
+        b, t, c = probs.shape
+        paths = torch.multinomial(probs.reshape(-1, c), num_samples, replacement=True, generator=generator)
+        paths = paths.reshape(b, t, num_samples).permute(2, 0, 1).contiguous()  # (n, B, T)
+        texts = [[self.decode_ids(ids) for ids in collapse_paths(paths[i], out_lens.cpu(), self.blank_id)]
+                 for i in range(num_samples)]
+        return (paths, out_lens.cpu(), temperature), texts
+
+    def hypothesis_log_probs(self, batch, hyps, cache: Optional[dict] = None) -> Tensor:
+        """Log-probabilities (n, B) of sampled frame paths under the current weights
+        (divided by the sampling temperature)."""
+        paths, out_lens, temperature = hyps
+        batch = batch.to(self.device)
+        log_probs, _ = self.log_probs(batch.inputs, batch.input_lens, cache)  # (B, T, C)
+        picked = log_probs.float().gather(-1, paths.permute(1, 2, 0).to(log_probs.device))  # (B, T, n)
+        valid = torch.arange(paths.shape[2], device=picked.device)[None, :] < out_lens.to(picked.device)[:, None]
+        return (picked * valid[..., None]).sum(1).T / temperature
 
     @torch.no_grad()
     def transcribe(self, batch, options: DecodeOptions = DecodeOptions()) -> List[str]:

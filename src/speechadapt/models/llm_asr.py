@@ -206,7 +206,17 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         speech = self.encode(x, x_lens, cache)
         if keep is None and self.training and self.num_slots > 1 and self.config.mose_slot_dropout > 0:
             keep = sample_slot_mask(x.size(0), self.num_slots, self.config.mose_slot_dropout)
-        prompts = self.build_prompts(speech, texts, keep)
+        logits, targets = self._label_logits(self.build_prompts(speech, texts, keep))
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                               ignore_index=IGNORE_ID, reduction="sum")
+        # A slot dropped from the whole batch must still reach DDP's gradient hooks.
+        loss = loss + sum(0.0 * frames.sum() for frames, _ in speech)
+        valid = targets != IGNORE_ID
+        correct = ((logits.argmax(-1) == targets) & valid).sum()
+        return LlmAsrOutput(loss=loss, num_tokens=int(valid.sum()), num_correct=int(correct))
+
+    def _label_logits(self, prompts: PromptBatch) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits (float) at the label positions and the labels (IGNORE_ID elsewhere)."""
         # Left padding puts every label at the end: only those logits are computed.
         num_label_positions = int((prompts.labels != IGNORE_ID).sum(1).max()) + 1
         logits = self.llm(
@@ -216,15 +226,38 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
             logits_to_keep=num_label_positions,
             use_cache=False,
         ).logits
-        targets = prompts.labels[:, -num_label_positions + 1 :]
-        logits = logits[:, :-1].float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=IGNORE_ID, reduction="sum")
-        # A slot dropped from the whole batch must still reach DDP's gradient hooks.
-        loss = loss + sum(0.0 * frames.sum() for frames, _ in speech)
-        valid = targets != IGNORE_ID
-        correct = ((logits.argmax(-1) == targets) & valid).sum()
-        return LlmAsrOutput(loss=loss, num_tokens=int(valid.sum()), num_correct=int(correct))
+        return logits[:, :-1].float(), prompts.labels[:, -num_label_positions + 1 :]
+
+    # ---- expected WER (speechadapt.adapt.objectives) ---------------------------------
+    @torch.no_grad()
+    def sample_hypotheses(self, batch, num_samples: int, generator: torch.Generator, temperature: float = 1.0,
+                          max_new_tokens: int = 64):
+        """``num_samples`` sampled generations per utterance (token ids, and texts ``[n][B]``)."""
+        batch = batch.to(self.device)
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):  # generate() samples from the global RNG
+            torch.manual_seed(seed)
+            ids = self.decode(batch.inputs, batch.input_lens, max_new_tokens=max_new_tokens, return_ids=True,
+                              do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                              num_return_sequences=num_samples)
+        b = len(batch)
+        hyps = [[ids[j * num_samples + i] for j in range(b)] for i in range(num_samples)]  # generate is b-major
+        texts = [[self.tokenizer.decode(h, skip_special_tokens=True).strip().lower() for h in row] for row in hyps]
+        return (hyps, temperature), texts
+
+    def hypothesis_log_probs(self, batch, hyps, cache: Optional[dict] = None) -> torch.Tensor:
+        """Log-probabilities (n, B) of sampled transcripts (+ <|im_end|>) under the current
+        weights (divided by the sampling temperature)."""
+        hyps, temperature = hyps
+        batch = batch.to(self.device)
+        n, b = len(hyps), len(batch)
+        speech = [(frames.repeat(n, 1, 1), lens.repeat(n)) for frames, lens in self.encode(
+            batch.inputs, batch.input_lens, cache)]
+        targets = [list(hyps[i][j]) + [self.prompt.im_end_id] for i in range(n) for j in range(b)]
+        logits, labels = self._label_logits(self.build_prompts(speech, targets))
+        valid = labels != IGNORE_ID
+        picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return (picked * valid).sum(1).reshape(n, b) / temperature
 
     def compute_loss(self, batch, cache: Optional[dict] = None) -> Tuple[torch.Tensor, MetricsTracker]:
         """Summed token cross-entropy of a SpeechBatch; the tracker's "frames" are the
