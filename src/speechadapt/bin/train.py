@@ -112,11 +112,7 @@ def preflight(args: argparse.Namespace) -> None:
     kind = get_kind(args.model)
     try:
         kind.check(dataclass_from_args(kind.options(), args))
-        data = AsrDataModule(dataclass_from_args(DataConfig, args))
-        for name in filter(None, (args.train_split, args.valid_split)):
-            if not data.cuts_path(name).is_file():
-                raise FileNotFoundError(f"cuts '{name}': {data.cuts_path(name)} does not exist "
-                                        f"(run the recipe's prepare.sh, or check --manifest-dir / --cuts-prefix)")
+        AsrDataModule(dataclass_from_args(DataConfig, args)).require(args.train_split, args.valid_split)
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 

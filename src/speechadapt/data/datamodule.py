@@ -151,13 +151,18 @@ class AsrDataModule:
     def cuts_path(self, name: str) -> Path:
         return cuts_file(self.config.manifest_dir, self.config.cuts_prefix, name)
 
+    def require(self, *names: str) -> None:
+        """Fail, naming the file, unless the cuts of every (non-empty) name exist."""
+        for name in filter(None, names):
+            path = self.cuts_path(name)
+            if not path.is_file():
+                raise FileNotFoundError(f"cuts '{name}': {path} does not exist (run the recipe's prepare.sh, "
+                                        f"or check --manifest-dir / --cuts-prefix)")
+
     def load_cuts(self, name: str) -> CutSet:
         """Lazily open the cuts a split name or a path stands for."""
-        path = self.cuts_path(name)
-        if not path.is_file():
-            raise FileNotFoundError(f"cuts '{name}': {path} does not exist (run the recipe's prepare.sh, "
-                                    f"or check --manifest-dir / --cuts-prefix)")
-        return open_manifest(path)
+        self.require(name)
+        return open_manifest(self.cuts_path(name))
 
     # ---- loaders -------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ class Trainer:
         valid_hooks: Optional[List[Callable[["Trainer", MetricsTracker], None]]] = None,
         step_hooks: Optional[List[Hook]] = None,
         objective: Optional[Objective] = None,
+        lr_scale_of: Optional[Callable[[str], float]] = None,
     ):
         config.validate()
         if not hasattr(model, "compute_loss"):
@@ -123,7 +124,7 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.optimizer = optimizer or build_optimizer(
-            self.model.named_parameters(), optimizer_config or OptimizerConfig(), self.grad_scaler)
+            self.model.named_parameters(), optimizer_config or OptimizerConfig(), self.grad_scaler, lr_scale_of)
         self.zeroth_order = bool(getattr(self.optimizer, "zeroth_order", False))
         self.scheduler = scheduler or build_scheduler(
             self.optimizer, scheduler_config or SchedulerConfig(), self._total_steps(scheduler_config))

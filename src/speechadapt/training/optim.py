@@ -64,6 +64,10 @@ class OptimizerConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZER_NAMES}")
         if self.base_lr < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
             raise ValueError("--base-lr, --max-grad-norm and --weight-decay must be >= 0")
+        if self.zo_eps is not None and self.zo_eps <= 0:
+            raise ValueError(f"--zo-eps must be > 0, got {self.zo_eps}")
+        if self.zo_num_queries is not None and self.zo_num_queries < 1:
+            raise ValueError(f"--zo-num-queries must be >= 1, got {self.zo_num_queries}")
         if self.optimizer == "scaled_adam" and self.weight_decay > 0:
             raise ValueError("ScaledAdam has no weight decay (it learns each tensor's scale): "
                              "use --optimizer adamw for --weight-decay")
@@ -73,17 +77,21 @@ class OptimizerConfig:
         return self.optimizer in ZO_PRESETS
 
 
-def decay_groups(params: List[nn.Parameter], weight_decay: float) -> List[Dict[str, Any]]:
-    """Weight decay on matrices only: biases and norm weights (< 2 dims) are not decayed."""
-    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
-              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
-    return [g for g in groups if g["params"]]
+def decay_groups(groups: List[Dict[str, Any]], weight_decay: float) -> List[Dict[str, Any]]:
+    """Each group split in two: weight decay on matrices only (biases and norm weights,
+    < 2 dims, are not decayed)."""
+    out = []
+    for group in groups:
+        params = group["params"]
+        out += [dict(group, params=[p for p in params if p.dim() >= 2], weight_decay=weight_decay),
+                dict(group, params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    return [g for g in out if g["params"]]
 
 
-FIRST_ORDER: Dict[str, Callable[[List[nn.Parameter], OptimizerConfig], torch.optim.Optimizer]] = {
-    "adamw": lambda ps, c: torch.optim.AdamW(decay_groups(ps, c.weight_decay), lr=c.base_lr),
-    "sgd": lambda ps, c: torch.optim.SGD(decay_groups(ps, c.weight_decay), lr=c.base_lr, momentum=c.momentum),
-    "scaled_adam": lambda ps, c: ScaledAdam(ps, lr=c.base_lr, clipping_scale=c.clipping_scale),
+FIRST_ORDER: Dict[str, Callable[[List[Dict[str, Any]], OptimizerConfig], torch.optim.Optimizer]] = {
+    "adamw": lambda gs, c: torch.optim.AdamW(decay_groups(gs, c.weight_decay), lr=c.base_lr),
+    "sgd": lambda gs, c: torch.optim.SGD(decay_groups(gs, c.weight_decay), lr=c.base_lr, momentum=c.momentum),
+    "scaled_adam": lambda gs, c: ScaledAdam(gs, lr=c.base_lr, clipping_scale=c.clipping_scale),
 }
 OPTIMIZER_NAMES = tuple(FIRST_ORDER) + tuple(ZO_PRESETS)
 
@@ -173,19 +181,34 @@ class FirstOrderOptimizer:
             setattr(self, key, int(value))
 
 
+def lr_groups(named: NamedParams, base_lr: float, lr_scale_of: Optional[Callable[[str], float]],
+              keep_names: bool = False) -> List[Dict[str, Any]]:
+    """Param groups by learning rate: ``base_lr * lr_scale_of(name)`` (one group without it)."""
+    if lr_scale_of is None:
+        return [dict(params=[item if keep_names else item[1] for item in named], lr=base_lr)]
+    by_scale: Dict[float, List] = {}
+    for name, p in named:
+        by_scale.setdefault(float(lr_scale_of(name)), []).append((name, p) if keep_names else p)
+    return [dict(params=items, lr=base_lr * scale) for scale, items in by_scale.items()]
+
+
 def build_optimizer(named_params: NamedParams, config: OptimizerConfig,
-                    grad_scaler: Optional[torch.amp.GradScaler] = None):
-    """The optimiser ``config`` names over ``named_params`` (those requiring grad)."""
+                    grad_scaler: Optional[torch.amp.GradScaler] = None,
+                    lr_scale_of: Optional[Callable[[str], float]] = None):
+    """The optimiser ``config`` names over ``named_params`` (those requiring grad);
+    ``lr_scale_of(name)`` gives parameters their own learning rates (e.g. encoder and
+    decoder of Whisper), which the schedules scale alike."""
     config.validate()
     named = [(n, p) for n, p in named_params if p.requires_grad]
     if not named:
         raise ValueError("no trainable parameters: check --freeze-pattern / the parameter selection")
     params = [p for _, p in named]
     if config.optimizer in FIRST_ORDER:
-        inner = FIRST_ORDER[config.optimizer](params, config)
+        inner = FIRST_ORDER[config.optimizer](lr_groups(named, config.base_lr, lr_scale_of), config)
         return FirstOrderOptimizer(inner, params, config.max_grad_norm, grad_scaler)
     settings = dict(ZO_PRESETS[config.optimizer], weight_decay=config.weight_decay, momentum=config.momentum,
                     seed=config.zo_seed, lozo_rank=config.lozo_rank, lozo_interval=config.lozo_interval)
     optional = dict(eps=config.zo_eps, num_queries=config.zo_num_queries, hessian_smooth=config.hessian_smooth)
     settings.update({k: v for k, v in optional.items() if v is not None})
-    return ZOOptimizer(named, lr=config.base_lr, **settings)
+    groups = lr_groups(named, config.base_lr, lr_scale_of, keep_names=True)
+    return ZOOptimizer(groups if lr_scale_of is not None else named, lr=config.base_lr, **settings)

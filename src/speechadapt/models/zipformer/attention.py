@@ -48,7 +48,12 @@ class CompactRelPositionalEncoding(nn.Module):
             if self._table.device != device:
                 self._table = self._table.to(device)
             return
-        length = max(length, self.max_len)
+        with torch.inference_mode(False), torch.no_grad():
+            # an ordinary tensor even when first built under inference mode (a
+            # zeroth-order step): training later reads it under autograd
+            self._table = self._build(max(length, self.max_len), device)
+
+    def _build(self, length: int, device: torch.device) -> Tensor:
         offsets = torch.arange(-(length - 1), length, device=device, dtype=torch.float32)
         offsets = offsets.unsqueeze(1)
         c = self.embed_dim ** 0.5
@@ -60,7 +65,7 @@ class CompactRelPositionalEncoding(nn.Module):
         table[:, 0::2] = (angle * freqs).cos()
         table[:, 1::2] = (angle * freqs).sin()
         table[:, -1] = 1.0
-        self._table = table
+        return table
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (T, N, C) -> (1, 2T-1, pos_dim), offsets from -(T-1) to T-1."""

@@ -1,0 +1,216 @@
+"""Fine-tune a trained model on another domain, first-order or zeroth-order, for any model kind.
+
+    python -m speechadapt.bin.finetune --source-exp-dir exp/ctc --checkpoint exp/ctc/epoch-8-avg-3.pt \\
+        --exp-dir exp/ft/zo-asr-norms --optimizer zo-asr --params norms --base-lr 1e-4 --zo-eps 1e-3 \\
+        --train-split target_adapt --valid-split target_dev --test-sets source_test,target_test \\
+        --max-steps 400 --eval-every 50 --manifest-dir data/fbank --cuts-prefix synth
+
+    python -m speechadapt.bin.finetune --model whisper --model-dir /models/whisper-large-v3 \\
+        --optimizer adamw --lr-scales encoder=0.1 ...          # a Hugging Face model as the source
+
+The source is an experiment directory (its model.json and the weights chosen by
+--checkpoint / --epoch --avg ...), or ``--model KIND`` with that kind's flags (a local
+Hugging Face directory; a Zipformer from an icefall checkpoint with --init-from).
+``--params`` picks what is tuned (a group or a regex); ``--objective wer`` optimises
+the expected WER of sampled hypotheses instead of the loss. Every optimiser of the
+registry runs through the one Trainer (resume, DDP, checkpoints); zeroth-order steps
+compute what is frozen once per batch. The dev set is decoded every --eval-every
+updates (curve in exp_dir/dev_curve.jsonl, TensorBoard ``valid/wer``, best weights in
+best.pt, the last in last.pt); the test sets are decoded with the best weights and
+recorded in results.jsonl with the run's cost (updates, forward and backward passes,
+wall time, peak memory of training and of inference on one training batch).
+``--num-epochs 0`` records the source model as it is (zero-shot).
+"""
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Dict, Sequence
+
+import torch
+
+from speechadapt.adapt.finetune import DevEvaluator, FinetuneOptions, lr_scale_function, run_record, select_tuned
+from speechadapt.adapt.objectives import ExpectedWer, supports_expected_wer
+from speechadapt.data.datamodule import AsrDataModule, DataConfig, split_name
+from speechadapt.data.prep_utils import comma_list
+from speechadapt.data.text_check import check_transcripts
+from speechadapt.decoding.results import Stopwatch, decode_dataloader, unseen_subset, write_decode_results
+from speechadapt.models.interface import DecodeOptions
+from speechadapt.models.registry import MODEL_KINDS, get_kind, load_model, read_spec, write_spec
+from speechadapt.training.averaging import WeightSelection
+from speechadapt.training.checkpoint import model_state_dict
+from speechadapt.training.dist import cleanup_dist, launch, setup_dist
+from speechadapt.training.loop import Trainer
+from speechadapt.training.optim import OptimizerConfig
+from speechadapt.training.options import TrainingConfig
+from speechadapt.training.schedulers import SchedulerConfig
+from speechadapt.training.state import fix_random_seed
+from speechadapt.utils.flags import add_dataclass_arguments, dataclass_from_args, find_flag_value, parse_args
+from speechadapt.utils.io import atomic_save
+from speechadapt.utils.log import setup_logger
+from speechadapt.utils.memory import PeakMemory
+
+# Adaptation runs are short: a step budget, no running average, decoding on the dev set.
+TRAINING_DEFAULTS = dict(num_epochs=1000, average_period=0, save_every_n=0, valid_interval=0, log_interval=25)
+OPTIMIZER_DEFAULTS = dict(optimizer="adamw", base_lr=1e-4)
+DATA_DEFAULTS = dict(enable_spec_aug=False)
+
+
+def get_parser(tokens: Sequence[str] = ()) -> argparse.ArgumentParser:
+    kind = find_flag_value(list(tokens), "--model")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source-exp-dir", type=Path, default=None, help="the trained model's experiment directory")
+    p.add_argument("--model", choices=sorted(MODEL_KINDS), default=None,
+                   help="instead of --source-exp-dir: build the source from this kind's files")
+    p.add_argument("--train-split", required=True, help="adaptation cuts (split name or path)")
+    p.add_argument("--valid-split", default="", help="dev cuts decoded every --eval-every updates")
+    p.add_argument("--test-sets", type=comma_list, default=[], help="decoded with the best weights at the end")
+    p.add_argument("--results", type=Path, default=None, help="default: exp_dir/results.jsonl")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_dataclass_arguments(p, FinetuneOptions, "fine-tuning")
+    add_dataclass_arguments(p, WeightSelection, "source weights (with --source-exp-dir)")
+    add_dataclass_arguments(p, TrainingConfig, "training", defaults=TRAINING_DEFAULTS)
+    add_dataclass_arguments(p, OptimizerConfig, "optimizer", defaults=OPTIMIZER_DEFAULTS)
+    add_dataclass_arguments(p, SchedulerConfig, "learning-rate schedule", defaults=dict(scheduler="constant"))
+    add_dataclass_arguments(p, DataConfig, "data", defaults=DATA_DEFAULTS)
+    add_dataclass_arguments(p, DecodeOptions, "search")
+    if kind in MODEL_KINDS:
+        add_dataclass_arguments(p, MODEL_KINDS[kind].options(), f"model ({kind})")
+    return p
+
+
+def source_model(args, device):
+    if bool(args.source_exp_dir) == bool(args.model):
+        raise ValueError("give the source model: --source-exp-dir D (with --checkpoint / --epoch ...) or --model KIND")
+    if args.source_exp_dir:
+        model, weights = load_model(args.source_exp_dir, dataclass_from_args(WeightSelection, args), device)
+        return model, f"{args.source_exp_dir}:{weights}"
+    kind = get_kind(args.model)
+    return kind.build(dataclass_from_args(kind.options(), args), device), args.model
+
+
+def default_method(args, config: OptimizerConfig, options: FinetuneOptions) -> str:
+    if options.method:
+        return options.method
+    if args.num_epochs == 0:
+        return "zero-shot"
+    name = config.optimizer + ("" if options.params == "all" else f"-{options.params}")
+    return name + ("-wer" if options.objective == "wer" else "")
+
+
+def inference_peak(model, loader, device) -> float:
+    """Peak memory of one inference forward on a training batch (the reference for ZO)."""
+    batch = next(iter(loader))
+    was_training = model.training
+    model.eval()
+    with PeakMemory(device) as peak, torch.inference_mode():
+        model.compute_loss(batch)
+    model.train(was_training)
+    return peak.mb
+
+
+def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
+    dist_info = setup_dist(rank, world_size)
+    setup_logger(args.exp_dir, "finetune", dist_info.rank, dist_info.world_size)
+    training = dataclass_from_args(TrainingConfig, args)
+    optim = dataclass_from_args(OptimizerConfig, args)
+    options = dataclass_from_args(FinetuneOptions, args)
+    decode_opts = dataclass_from_args(DecodeOptions, args)
+    fix_random_seed(training.seed)
+    model, source = source_model(args, dist_info.device)
+    spec = model.spec()
+    adapters_only = spec["kind"] == "llm_asr"  # its checkpoints hold the trainable parts (LoRA ...)
+    save_keys = list(model_state_dict(model, trainable_only=adapters_only))
+    training.save_trainable_only = adapters_only
+    tuned = select_tuned(model, options.params)
+    objective = None
+    if options.objective == "wer":
+        if not supports_expected_wer(model):
+            raise ValueError(f"--objective wer: {type(model).__name__} cannot sample and score hypotheses")
+        objective = ExpectedWer(options.wer_samples, options.wer_temperature)
+    data_config = dataclass_from_args(DataConfig, args)
+    data = AsrDataModule(data_config, model.input_kind, seed=training.seed)
+    train_cuts = check_transcripts(data.load_cuts(args.train_split), model.unknown_characters,
+                                   data_config.max_bad_transcripts, args.train_split)
+    train_dl = data.train_dataloaders(train_cuts, world_size=dist_info.world_size, rank=dist_info.rank)
+    dev = data.test_dataloaders(data.load_cuts(args.valid_split)) if args.valid_split else None
+    peak_infer = inference_peak(model, train_dl, dist_info.device) if training.num_epochs > 0 else 0.0
+    trainer = Trainer(training, model, train_dl, None, dist_info, optimizer_config=optim,
+                      scheduler_config=dataclass_from_args(SchedulerConfig, args), objective=objective,
+                      lr_scale_of=lr_scale_function(model, options.lr_scales))
+    evaluator = DevEvaluator(model, dev, training.exp_dir, options.eval_every, decode_opts, save_keys,
+                             dist_info.is_main)
+    if dist_info.is_main:
+        write_spec(training.exp_dir, spec)
+        if dev is not None and not trainer.resuming:
+            evaluator.evaluate(0, 0, 0, trainer.tb_writer)
+    if dev is not None:
+        trainer.step_hooks.append(evaluator)
+    with PeakMemory(dist_info.device) as peak_train:
+        start = time.time()
+        trainer.fit()
+        train_s = time.time() - start
+    if dist_info.is_main:
+        finish(args, trainer, evaluator, model, save_keys, source, optim, options, decode_opts, data, tuned,
+               train_s, peak_train, peak_infer)
+    cleanup_dist()
+
+
+def finish(args, trainer, evaluator, model, save_keys, source, optim, options, decode_opts, data, tuned,
+           train_s, peak_train, peak_infer) -> Dict[str, float]:
+    """The last and best weights, and the test sets decoded with the best."""
+    opt = trainer.optimizer
+    steps = int(trainer.params["batch_idx_train"])
+    exp_dir = Path(args.exp_dir)
+    if evaluator.loader is not None and (not evaluator.curve or evaluator.curve[-1]["step"] != steps):
+        evaluator.evaluate(steps, opt.num_forwards, opt.num_backwards)
+    atomic_save({"model": evaluator.weights(), "step": steps}, exp_dir / "last.pt")
+    weights = "last"
+    if (exp_dir / "best.pt").is_file():
+        best = torch.load(exp_dir / "best.pt", weights_only=True)
+        model.load_state_dict(best["model"], strict=False)
+        weights = f"best-step-{best['step']}"
+    model.eval()
+    extra = run_record(optim.optimizer if args.num_epochs else "none", sum(p.numel() for _, p in tuned), steps,
+                       opt.num_forwards, opt.num_backwards, train_s, peak_train.mb if steps else 0.0, peak_infer,
+                       peak_train.kind, dict(source=source, params=options.params, objective=options.objective,
+                                             base_lr=optim.base_lr, zo_eps=optim.zo_eps,
+                                             zo_num_queries=optim.zo_num_queries,
+                                             best_dev_wer=None if evaluator.best_step < 0 else evaluator.best_wer,
+                                             best_step=evaluator.best_step))
+    method = default_method(args, optim, options)
+    wers: Dict[str, float] = {}
+    for test_set in args.test_sets:
+        cuts = data.load_cuts(test_set)
+        with Stopwatch() as clock:
+            results, audio_s = decode_dataloader(lambda b: model.transcribe(b, decode_opts), data.test_dataloaders(cuts),
+                                                 desc=f"decoding {split_name(test_set)}")
+        wers.update(write_decode_results(results, exp_dir, split_name(test_set), decode_opts.key(weights), method,
+                                         args.results, clock.seconds, audio_s, extra=extra, subsets=unseen_subset(cuts)))
+    logging.info(f"{method}: {wers} after {steps} updates ({opt.num_forwards} forwards, {train_s:.0f} s)")
+    return wers
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Fail before spawning anything, with one message, when an input is missing."""
+    try:
+        if args.source_exp_dir:
+            read_spec(args.source_exp_dir)
+        elif args.model:
+            kind = get_kind(args.model)
+            kind.check(dataclass_from_args(kind.options(), args))
+        AsrDataModule(dataclass_from_args(DataConfig, args)).require(args.train_split, args.valid_split,
+                                                                      *args.test_sets)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def main(argv=None) -> None:
+    args = parse_args(get_parser, argv, entry_point="finetune")
+    preflight(args)
+    launch(run, args.world_size, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The fine-tuning entry point: any optimiser and parameter selection on a trained model,
+dev WER curve, best/last weights, records with the run's cost, and bad input refused."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speechadapt.bin import decode, finetune, train
+from speechadapt.data.features import featurise_split
+
+TEXTS = ["turn on the lights", "call alice now", "play some music", "open the door",
+         "set an alarm for seven", "what time is it", "call bob", "stop the music"]
+PREFIX = "mini"
+
+
+def write_split(root, split, texts, seed):
+    from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
+
+    rng = np.random.default_rng(seed)
+    recordings, supervisions = [], []
+    for i, text in enumerate(texts):
+        path = root / "wav" / f"{split}-{i}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, (0.1 * rng.standard_normal(int(16000 * (1.0 + 0.2 * (i % 4))))).astype(np.float32), 16000)
+        rec = Recording.from_file(path, recording_id=f"{split}-{i}")
+        recordings.append(rec)
+        supervisions.append(SupervisionSegment(f"{split}-{i}", rec.id, 0.0, rec.duration, text=text))
+    cuts = CutSet.from_manifests(RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions))
+    featurise_split(cuts, root / "fbank", split, PREFIX)
+
+
+def data_flags(root):
+    return ["--manifest-dir", str(root / "fbank"), "--cuts-prefix", PREFIX, "--max-duration", "6",
+            "--num-workers", "0", "--num-buckets", "2"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    from speechadapt.data.bpe import prepare_lang_bpe
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ft")
+    write_split(root, "train", TEXTS * 2, 0)
+    write_split(root, "adapt", TEXTS, 1)
+    write_split(root, "dev", TEXTS[:3], 2)
+    write_split(root, "test", TEXTS[3:6], 3)
+    prepare_lang_bpe(TEXTS, root / "lang", 30)
+    train.main(["--model", "zipformer_ctc", "--lang-dir", str(root / "lang"), "--exp-dir", str(root / "src"),
+                "--train-split", "train", "--num-epochs", "1", "--regularize", "false", "--enable-spec-aug", "false",
+                "--save-every-n", "0", "--average-period", "0", "--tensorboard", "false", *data_flags(root)])
+    return root
+
+
+def run(root, exp, *flags):
+    finetune.main(["--source-exp-dir", str(root / "src"), "--epoch", "1", "--exp-dir", str(exp),
+                   "--train-split", "adapt", "--valid-split", "dev", "--test-sets", "dev,test", *data_flags(root),
+                   "--tensorboard", "false", *flags])
+    return [json.loads(line) for line in (exp / "results.jsonl").read_text().splitlines()]
+
+
+def test_zeroth_order_norms_run_records_its_cost(source, tmp_path):
+    exp = tmp_path / "mezo"
+    records = run(source, exp, "--optimizer", "mezo", "--params", "norms", "--base-lr", "1e-3", "--max-steps", "4",
+                  "--eval-every", "2")
+    assert [r["test_set"] for r in records] == ["dev", "test"]
+    extra = records[0]["extra"]
+    assert records[0]["method"] == "mezo-norms" and extra["family"] == "finetune"
+    assert extra["steps"] == 4 and extra["forwards"] == 8 and extra["backwards"] == 0
+    norms = sum(p.numel() for n, p in torch.load(exp / "last.pt", weights_only=True)["model"].items()
+                if "norm" in n)
+    assert 0 < extra["tuned_params"] == norms
+    assert extra["peak_train_mb"] > 0 and extra["peak_infer_mb"] > 0 and extra["memory_kind"] == "rss"
+    curve = [json.loads(line) for line in (exp / "dev_curve.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in curve] == [0, 2, 4] and [p["forwards"] for p in curve] == [0, 4, 8]
+    best = torch.load(exp / "best.pt", weights_only=True)
+    assert best["dev_wer"] == min(p["wer"] for p in curve)
+    src = torch.load(source / "src" / "epoch-1.pt", weights_only=True)["model"]
+    last = torch.load(exp / "last.pt", weights_only=True)["model"]
+    changed = {k for k in src if not torch.equal(src[k], last[k])}
+    assert changed and all("norm" in k for k in changed)  # only the norms moved
+    # the fine-tuned directory decodes on its own (model.json + the weights)
+    assert "test" in decode.main(["--exp-dir", str(exp), "--checkpoint", str(exp / "last.pt"), "--test-sets", "test",
+                                  *data_flags(source)])
+
+
+def test_first_order_zero_shot_and_the_expected_wer_objective(source, tmp_path):
+    adamw = run(source, tmp_path / "adamw", "--optimizer", "adamw", "--base-lr", "1e-3", "--max-steps", "3")
+    assert adamw[0]["method"] == "adamw" and adamw[0]["extra"]["backwards"] == 3
+    zero = run(source, tmp_path / "zero", "--num-epochs", "0")
+    assert zero[0]["method"] == "zero-shot" and zero[0]["extra"]["steps"] == 0
+    wer = run(source, tmp_path / "wer", "--optimizer", "zo-asr", "--zo-num-queries", "2", "--objective", "wer",
+              "--wer-samples", "3", "--params", "decoder", "--max-steps", "2")
+    assert wer[0]["method"] == "zo-asr-decoder-wer" and wer[0]["extra"]["forwards"] == 2 * 2 * 2
+    assert wer[0]["extra"]["tuned_params"] == sum(
+        v.numel() for k, v in torch.load(tmp_path / "wer" / "last.pt", weights_only=True)["model"].items()
+        if k.startswith("ctc_output."))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--params", "no_such_layer"], "matched none"),
+    (["--optimizer", "mezo", "--zo-eps", "0"], "--zo-eps must be > 0"),
+    (["--optimizer", "zo-asr", "--zo-num-queries", "0"], "--zo-num-queries must be >= 1"),
+    (["--lr-scales", "nope=2"], "groups \\['nope'\\]"),
+    (["--train-split", "missing"], "mini_cuts_missing.jsonl.gz does not exist"),
+])
+def test_bad_input_is_refused_before_any_step(source, tmp_path, capsys, flags, message):
+    with pytest.raises((SystemExit, ValueError)) as exc:
+        run(source, tmp_path / "bad", "--max-steps", "1", *flags)
+    assert __import__("re").search(message, str(exc.value) + capsys.readouterr().err)
+    assert not (tmp_path / "bad" / "last.pt").exists()
+
+
+def test_llm_asr_encoders_are_frozen_by_design(tmp_path):
+    from speechadapt.adapt.finetune import select_tuned
+    from speechadapt.models.hf.fixtures import make_tiny_qwen2
+    from speechadapt.models.llm_asr import LlmAsrConfig, LlmAsrModel
+    from speechadapt.models.llm_asr_build import load_llm_for_asr
+    from speechadapt.models.zipformer import ZipformerEncoder, get_preset
+
+    llm, tokenizer = load_llm_for_asr(make_tiny_qwen2(tmp_path / "q", TEXTS, tokenizer_vocab_size=300, hidden_size=64,
+                                                      intermediate_size=128))
+    model = LlmAsrModel([ZipformerEncoder(get_preset("tiny"))], llm, tokenizer, LlmAsrConfig(lora_r=4))
+    with pytest.raises(ValueError, match="frozen by design"):
+        select_tuned(model, "encoder")
+    with pytest.raises(ValueError, match="frozen by design"):
+        select_tuned(model, "norm")
+    assert select_tuned(model, "lora") and all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
