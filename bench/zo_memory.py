@@ -22,10 +22,8 @@ Prints one JSON object and a table.
 """
 
 import argparse
-import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -34,6 +32,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 
 from speechadapt.training.optim import OptimizerConfig, build_optimizer  # imported before any baseline
+from speechadapt.utils.memory import PeakMemory
 
 MODELS = ("whisper-tiny-shapes", "zipformer-ctc")
 WHISPER_TINY_SHAPES = dict(
@@ -97,49 +96,6 @@ def build_case(name: str, batch: int, seconds: float, device: str, seed: int = 0
     return model.to(device).eval(), loss_fn
 
 
-def proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-class PeakMemory:
-    """Peak memory above a baseline taken at ``start()`` (MB)."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.method = ""
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device != "cpu":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            self.method = "torch.cuda.max_memory_allocated above the loaded model"
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-            self.base = proc_status_kb("VmRSS") * 1024
-            self.method = "VmHWM - VmRSS after load (clear_refs reset), MALLOC_ARENA_MAX=1"
-        except OSError:
-            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            self.method = "ru_maxrss growth after load, MALLOC_ARENA_MAX=1"
-
-    def peak_above_base_mb(self) -> float:
-        if self.device != "cpu":
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-        elif self.method.startswith("VmHWM"):
-            peak = proc_status_kb("VmHWM") * 1024
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return (peak - self.base) / 2**20
-
-
 def run_work(mode: str, model, loss_fn, num_queries: int) -> int:
     """Do one measurement's work; returns the number of forward passes it ran."""
     if mode.startswith("infer-"):
@@ -173,14 +129,13 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     preload_optimizer_modules()
     model, loss_fn = build_case(args.model, args.batch, args.seconds, args.device)
-    meter = PeakMemory(args.device)
-    meter.start()
     start = time.perf_counter()
-    forwards = run_work(args.child, model, loss_fn, args.num_queries)
+    with PeakMemory(args.device) as meter:
+        forwards = run_work(args.child, model, loss_fn, args.num_queries)
     result = dict(
         mode=args.child,
         forwards=forwards,
-        peak_above_model_mb=round(meter.peak_above_base_mb(), 1),
+        peak_above_model_mb=round(meter.above_start_mb, 1),
         model_mb=round(sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20, 1),
         seconds=round(time.perf_counter() - start, 2),
         method=meter.method,

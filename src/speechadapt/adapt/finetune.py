@@ -145,11 +145,12 @@ class DevEvaluator:
 
 
 def run_record(optimizer_name: str, tuned: int, steps: int, forwards: int, backwards: int, train_s: float,
-               peak_train: float, peak_infer: float, memory_kind: str, extra: Optional[dict] = None) -> Dict[str, Any]:
+               peak_train: float, peak_infer: float, memory_method: str, extra: Optional[dict] = None) -> Dict[str, Any]:
     """The fields every fine-tuning record carries (results.jsonl ``extra``)."""
     record = dict(family="finetune", optimizer=optimizer_name, tuned_params=int(tuned), steps=int(steps),
                   forwards=int(forwards), backwards=int(backwards), train_wall_s=round(train_s, 2),
-                  peak_train_mb=round(peak_train, 1), peak_infer_mb=round(peak_infer, 1), memory_kind=memory_kind,
-                  train_to_infer_memory=round(peak_train / peak_infer, 3) if peak_infer else None)
+                  peak_train_mb=round(peak_train, 1), peak_infer_mb=round(peak_infer, 1),
+                  memory_method=memory_method,
+                  train_to_infer_memory=round(peak_train / peak_infer, 3) if peak_infer and peak_train else None)
     record.update(extra or {})
     return record

@@ -1,61 +1,72 @@
 """Peak memory of a phase of work: ``max_memory_allocated`` on a GPU, resident set size on a CPU.
 
 On a CPU the process's ``ru_maxrss`` never goes down, so two phases cannot be compared
-with it; :class:`PeakMemory` samples the resident set size from ``/proc/self/statm``
-in a background thread instead (every ``interval_s``), so each phase gets its own peak.
+with it. Linux can reset the high-water mark: writing 5 to ``/proc/self/clear_refs``
+sets ``VmHWM`` back to the current ``VmRSS``, so each phase gets its own peak. Where
+that is not allowed, ``ru_maxrss`` is used (an upper bound) and ``method`` says so.
 """
 
-import os
+import gc
 import resource
-import threading
-import time
 from typing import Optional
 
 import torch
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+def proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
 
 
-def rss_mb() -> float:
-    """The current resident set size in MiB (ru_maxrss where /proc is missing)."""
+def _reset_high_water_mark() -> bool:
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * _PAGE / 2**20
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
     except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        return False
 
 
 class PeakMemory:
-    """``with PeakMemory(device) as peak: ...``; then ``peak.mb`` (and ``peak.kind``)."""
+    """``with PeakMemory(device) as peak: ...``; then ``peak.mb`` (the phase's peak),
+    ``peak.above_start_mb`` (its growth above the memory in use at the start) and
+    ``peak.method``."""
 
-    def __init__(self, device="cpu", interval_s: float = 0.005):
+    def __init__(self, device="cpu"):
         self.device = torch.device(device)
-        self.interval_s = interval_s
         self.mb = 0.0
-        self.kind = "cuda_max_allocated" if self.device.type == "cuda" else "rss"
-        self._stop = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self.start_mb = 0.0
+        self.method = ""
+        self._hwm: Optional[bool] = None
 
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.mb = max(self.mb, rss_mb())
-            time.sleep(self.interval_s)
+    @property
+    def above_start_mb(self) -> float:
+        return self.mb - self.start_mb
 
     def __enter__(self) -> "PeakMemory":
-        if self.kind == "rss":
-            self.mb = rss_mb()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        else:
+        gc.collect()
+        if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
+            self.method = "torch.cuda.max_memory_allocated"
+        elif _reset_high_water_mark():
+            self._hwm = True
+            self.start_mb = proc_status_kb("VmRSS") / 1024
+            self.method = "VmHWM after a clear_refs reset (resident set size)"
+        else:
+            self.start_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            self.method = "ru_maxrss of the process (an upper bound)"
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.kind == "rss":
-            self._stop.set()
-            self._thread.join()
-            self.mb = max(self.mb, rss_mb())
-        else:
+        if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._hwm:
+            self.mb = proc_status_kb("VmHWM") / 1024
+        else:
+            self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
