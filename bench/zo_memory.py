@@ -34,7 +34,7 @@ import torch
 from speechadapt.training.optim import OptimizerConfig, build_optimizer  # imported before any baseline
 from speechadapt.utils.memory import PeakMemory
 
-MODELS = ("whisper-tiny-shapes", "zipformer-ctc")
+MODELS = ("whisper-tiny-shapes", "zipformer-ctc", "llm-asr-tiny")
 WHISPER_TINY_SHAPES = dict(
     d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6,
     decoder_attention_heads=6, encoder_ffn_dim=1536, decoder_ffn_dim=1536,
@@ -59,7 +59,7 @@ def whisper_case(batch: int, seconds: float, gen: torch.Generator, device: str):
     features = torch.randn(batch, 80, frames, generator=gen).to(device)
     labels = torch.randint(0, config.vocab_size, (batch, 64), generator=gen).to(device)
 
-    def loss_fn(grad_enabled: bool = False):
+    def loss_fn(grad_enabled: bool = False, cache=None):  # nothing of Whisper is frozen here
         return model(input_features=features, labels=labels).loss
 
     return model, loss_fn
@@ -76,9 +76,35 @@ def zipformer_case(batch: int, seconds: float, gen: torch.Generator, device: str
     lengths = torch.full((batch,), frames, dtype=torch.long, device=device)
     targets = torch.randint(1, vocab, (batch, 60), generator=gen).tolist()
 
-    def loss_fn(grad_enabled: bool = False):
-        loss, num_frames = model.ctc_loss(features, lengths, targets)
+    def loss_fn(grad_enabled: bool = False, cache=None):
+        loss, num_frames = model.ctc_loss(features, lengths, targets, cache)
         return loss / num_frames
+
+    return model, loss_fn
+
+
+def llm_asr_case(batch: int, seconds: float, gen: torch.Generator, device: str):
+    """The synth recipe's LLM-ASR shape: tiny Zipformer, projector, a 2-layer Qwen2 (256) with LoRA."""
+    import tempfile
+
+    from speechadapt.data.batch import SpeechBatch
+    from speechadapt.models.hf.fixtures import make_tiny_qwen2
+    from speechadapt.models.llm_asr import LlmAsrConfig, LlmAsrModel
+    from speechadapt.models.llm_asr_build import load_llm_for_asr
+    from speechadapt.models.zipformer import ZipformerEncoder, get_preset
+
+    llm_dir = make_tiny_qwen2(tempfile.mkdtemp(prefix="bench-qwen2-"))
+    llm, tokenizer = load_llm_for_asr(llm_dir)
+    model = LlmAsrModel([ZipformerEncoder(get_preset("tiny"))], llm, tokenizer,
+                        LlmAsrConfig(lora_r=64, lora_alpha=16, lora_dropout=0.0, projector_dropout=0.0))
+    frames = int(round(100 * seconds))
+    texts = ["set an alarm for seven thirty tomorrow morning please"] * batch
+    speech = SpeechBatch(torch.randn(batch, frames, 80, generator=gen), torch.full((batch,), frames), texts,
+                         [f"u{i}" for i in range(batch)], [seconds] * batch).to(device)
+
+    def loss_fn(grad_enabled: bool = False, cache=None):
+        loss, info = model.compute_loss(speech, cache=cache)
+        return loss / info["frames"]
 
     return model, loss_fn
 
@@ -89,7 +115,7 @@ def build_case(name: str, batch: int, seconds: float, device: str, seed: int = 0
         raise RuntimeError(f"--device {device} asked for, but CUDA is not available")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    builders = dict(zip(MODELS, (whisper_case, zipformer_case)))
+    builders = dict(zip(MODELS, (whisper_case, zipformer_case, llm_asr_case)))
     if name not in builders:
         raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
     model, loss_fn = builders[name](batch, seconds, gen, device)

@@ -2,10 +2,12 @@
 
 A ZO step with q queries runs 2q forwards (2q+1 for HiZOO) plus passes over the
 parameters that regenerate z. This script times, on the same model and batch and in
-the same process, (a) that many plain forwards under ``torch.inference_mode`` and
-(b) one ZO step, alternating the order over ``--repeats`` rounds after one warm-up,
-and reports the median over rounds of the ratio ZO step / forwards (target: within
-15%). On CPU with one thread (the default) it times process CPU time, which other
+the same process, (a) that many plain full forwards under ``torch.inference_mode``
+and (b) one ZO step, alternating the order over ``--repeats`` rounds after one
+warm-up, and reports the median over rounds of the ratio ZO step / forwards. With
+``--params`` only part of the model is tuned (``top``: the Zipformer's two top stacks
+and its head; ``lora``: LLM-ASR's LoRA); with ``--cache true`` (the Trainer's default)
+the step computes what is frozen once instead of 2q times, and the ratio drops below 1. On CPU with one thread (the default) it times process CPU time, which other
 jobs on a shared machine disturb far less than wall time; on GPU, wall time.
 
     PYTHONPATH=src python3 bench/zo_speed.py --model whisper-tiny-shapes --batch 8 --seconds 30
@@ -37,10 +39,18 @@ def timed(fn, clock) -> float:
     return clock() - start
 
 
+TUNED = {"all": None, "top": r"^(encoder\.encoders\.[45]\.|ctc_output\.)", "lora": "lora_"}
+
+
 def measure(args: argparse.Namespace, model_name: str) -> dict:
-    model, loss_fn = build_case(model_name, args.batch, args.seconds, args.device)
+    from speechadapt.adapt.param_select import mark_trainable, select_parameters
+
+    model, batch_loss = build_case(model_name, args.batch, args.seconds, args.device)
+    if TUNED[args.params]:
+        mark_trainable(model, select_parameters(model, "regex", TUNED[args.params]))
     opt = build_optimizer(model.named_parameters(), OptimizerConfig(optimizer=args.optimizer, base_lr=1e-7,
                                                                     zo_num_queries=args.num_queries))
+    loss_fn = batch_loss
     forwards = opt.forwards_per_step
     # On a shared CPU wall time follows the neighbours; with one thread the process's
     # CPU time measures our own work. On a GPU only wall time means anything.
@@ -52,7 +62,8 @@ def measure(args: argparse.Namespace, model_name: str) -> dict:
                 float(loss_fn(False))
 
     def zo_step():
-        opt.step(loss_fn)
+        cache = {} if args.cache else None  # one per batch, as the Trainer does
+        opt.step(lambda grad_enabled=False: batch_loss(grad_enabled, cache))
 
     plain_forwards()  # warm-up: allocator, thread pools, kernels
     zo_step()
@@ -65,7 +76,8 @@ def measure(args: argparse.Namespace, model_name: str) -> dict:
     pass_s = statistics.median(timed(lambda: opt.perturb(12345, 0.0), clock) for _ in range(3))
     plain = statistics.median(plain_times)
     return dict(
-        model=model_name, optimizer=args.optimizer, num_queries=opt.num_queries,
+        model=model_name, optimizer=args.optimizer, num_queries=opt.num_queries, params=args.params,
+        cache=args.cache, tuned=sum(p.numel() for p in model.parameters() if p.requires_grad),
         forwards=forwards, parameters=sum(p.numel() for p in model.parameters()),
         clock="process CPU time" if clock is time.process_time else "wall time",
         plain_forwards_s=round(plain, 3), zo_step_s=round(statistics.median(zo_times), 3),
@@ -83,7 +95,10 @@ def main() -> None:
     parser.add_argument("--model", default="all", choices=MODELS + ("all",))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--optimizer", default="mezo", choices=("mezo", "zo-asr", "hizoo"))
+    parser.add_argument("--optimizer", default="mezo", choices=("mezo", "zo-asr", "hizoo", "lozo"))
+    parser.add_argument("--params", default="all", choices=sorted(TUNED), help="what the step tunes")
+    parser.add_argument("--cache", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                        help="compute what is frozen once per step (the Trainer's default)")
     parser.add_argument("--num-queries", type=int, default=None, help="default: the preset's q")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -97,10 +112,11 @@ def main() -> None:
     report = dict(device=args.device, batch=args.batch, seconds=args.seconds, threads=args.threads,
                   repeats=args.repeats, results=[measure(args, m) for m in models])
     print(json.dumps(report, indent=1))
-    print(f"\n{'model':22} {'optimizer':9} {'q':>2} {'fwd':>4} {'forwards (s)':>13} {'ZO step (s)':>12} "
-          f"{'ratio':>6} {'passes/fwd':>10}")
+    print(f"\n{'model':22} {'optimizer':9} {'params':6} {'cache':5} {'q':>2} {'fwd':>4} {'forwards (s)':>13} "
+          f"{'ZO step (s)':>12} {'ratio':>6} {'passes/fwd':>10}")
     for r in report["results"]:
-        print(f"{r['model']:22} {r['optimizer']:9} {r['num_queries']:>2} {r['forwards']:>4} "
+        print(f"{r['model']:22} {r['optimizer']:9} {r['params']:6} {str(r['cache']):5} {r['num_queries']:>2} "
+              f"{r['forwards']:>4} "
               f"{r['plain_forwards_s']:>13.3f} {r['zo_step_s']:>12.3f} {r['ratio']:>6.3f} "
               f"{r['passes_over_forwards']:>10.3f}")
     if args.json:

@@ -34,3 +34,27 @@ def test_report_tables_latest_record_and_plots(tmp_path):
     assert "wer-ctc.png" in plots and "wer-tta.png" in plots
     assert any(p.startswith("curve-") for p in plots)
     assert (tmp_path / "plots" / "wer-ctc.png").stat().st_size > 1000
+
+
+def test_finetune_table_has_cost_and_change_against_zero_shot(tmp_path):
+    import json
+
+    exp = tmp_path / "exp"
+    res = exp / "results.jsonl"
+    common = dict(family="finetune", source="exp/ctc:epoch-8-avg-3")
+    zero = dict(common, tuned_params=0, steps=0, forwards=0, backwards=0, train_wall_s=0.0)
+    zo = dict(common, tuned_params=1200, steps=50, forwards=100, backwards=0, train_wall_s=12.5, peak_train_mb=300.0,
+              train_to_infer_memory=1.01)
+    for method, extra, errors in (("zero-shot", zero, (20, 10)), ("mezo-norms", zo, (16, 11))):
+        append_result(res, ResultRecord.from_counts(method, "target_test", ErrorCounts(0, 0, errors[0], 100), extra=extra))
+        append_result(res, ResultRecord.from_counts(method, "source_test", ErrorCounts(0, 0, errors[1], 100), extra=extra))
+    run = exp / "ft" / "mezo-norms"
+    run.mkdir(parents=True)
+    (run / "dev_curve.jsonl").write_text("".join(json.dumps(dict(step=s, forwards=2 * s, wall_s=s / 4, wer=30 - s / 10))
+                                                 + "\n" for s in (0, 10, 20)))
+    out = tmp_path / "RESULTS.md"
+    report.main(["--exp-dir", str(exp), "--out", str(out)])
+    text = out.read_text()
+    assert "Source: `exp/ctc:epoch-8-avg-3`" in text
+    assert "| mezo-norms | 1,200 | 50 | 100 | 0 | 12.5 | 300.0 | 1.01 | 16.00 | 11.00 | -20.0% | +10.0% |" in text
+    assert (tmp_path / "plots" / "dev-ft.png").stat().st_size > 1000

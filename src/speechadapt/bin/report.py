@@ -4,8 +4,12 @@
 
 Tables: one per stage family (a record's ``extra["family"]``, else the part of its
 method before the first "/"), rows = (method, model), columns = test sets, the latest
-record of each cell; then the stage wall times from ``stage_times.tsv``. Plots: WER per
-family and the training curves found in TensorBoard logs under the exp dir.
+record of each cell; fine-tuning records (family ``finetune``) get one table per source
+model with their cost (tuned parameters, updates, forward passes, wall time, peak
+memory) and the relative change of each test set's WER against the zero-shot row; then
+the stage wall times from ``stage_times.tsv``. Plots: WER per family, the training
+curves found in TensorBoard logs under the exp dir, and the dev WER of every
+fine-tuning run (``dev_curve.jsonl``) against forward passes and against wall time.
 """
 
 import argparse
@@ -43,6 +47,66 @@ def markdown_table(rows: "OrderedDict[Tuple[str, str], Dict[str, dict]]") -> str
         vals = [f"{cells[s]['wer']:.2f}" if s in cells else "" for s in sets]
         out.append(f"| {method} | {model} | " + " | ".join(vals) + " |")
     return "\n".join(out)
+
+
+FINETUNE_COLUMNS = ("tuned params", "updates", "forwards", "backwards", "train s", "peak MB", "train/infer mem")
+
+
+def finetune_tables(rows: "OrderedDict[Tuple[str, str], Dict[str, dict]]") -> List[str]:
+    """One table per source model: cost columns, WER per test set, change vs zero-shot."""
+    by_source: Dict[str, OrderedDict] = OrderedDict()
+    for key, cells in rows.items():
+        extra = next(iter(cells.values())).get("extra") or {}
+        by_source.setdefault(str(extra.get("source", "")), OrderedDict())[key] = cells
+    out = []
+    for source, group in by_source.items():
+        sets: List[str] = []
+        for cells in group.values():
+            sets += [t for t in cells if t not in sets]
+        zero = next((cells for (method, _), cells in group.items() if method == "zero-shot"), {})
+        head = ["method", *FINETUNE_COLUMNS, *sets, *[f"{t} vs zero-shot" for t in sets if t in zero]]
+        lines = [f"Source: `{source}`", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for (method, _), cells in group.items():
+            e = next(iter(cells.values())).get("extra") or {}
+            cost = [f"{e.get('tuned_params', 0):,}", e.get("steps", ""), f"{e.get('forwards', 0):,}",
+                    f"{e.get('backwards', 0):,}", e.get("train_wall_s", ""), e.get("peak_train_mb") or "",
+                    e.get("train_to_infer_memory") or ""]
+            wers = [f"{cells[t]['wer']:.2f}" if t in cells else "" for t in sets]
+            change = [f"{100 * (cells[t]['wer'] - zero[t]['wer']) / zero[t]['wer']:+.1f}%"
+                      if t in cells and zero[t]["wer"] else "" for t in sets if t in zero]
+            lines.append("| " + " | ".join(map(str, [method, *cost, *wers, *change])) + " |")
+        out += lines + [""]
+    return out
+
+
+def plot_dev_curves(exp_dir: Path, plot_dir: Path) -> List[Path]:
+    """Dev WER against forward passes and against wall time, one figure per folder of runs."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: Dict[Path, List[Path]] = {}
+    for path in sorted(exp_dir.rglob("dev_curve.jsonl")):
+        groups.setdefault(path.parent.parent, []).append(path)
+    paths = []
+    for folder, files in groups.items():
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+        for path in files:
+            points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            for ax, key in zip(axes, ("forwards", "wall_s")):
+                ax.plot([p[key] for p in points], [p["wer"] for p in points], marker=".", label=path.parent.name)
+        axes[0].set_xlabel("forward passes")
+        axes[1].set_xlabel("training wall time (s)")
+        axes[0].set_ylabel("dev WER (%)")
+        axes[0].set_xscale("symlog")
+        axes[1].legend(fontsize=6)
+        name = "-".join(folder.relative_to(exp_dir).parts) or "finetune"
+        fig.suptitle(f"dev WER while fine-tuning: {name}")
+        paths.append(_save(fig, plot_dir / f"dev-{name}.png"))
+    return paths
 
 
 def read_stage_times(path: Path) -> List[List[str]]:
@@ -127,6 +191,7 @@ def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir:
     plot_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_family_wers(tables, plot_dir) if tables else []
     plots += plot_training_curves(exp_dir, plot_dir) if exp_dir.exists() else []
+    plots += plot_dev_curves(exp_dir, plot_dir) if exp_dir.exists() else []
     lines = [
         f"# {title}",
         "",
@@ -138,7 +203,8 @@ def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir:
         "",
     ]
     for family, rows in tables.items():
-        lines += [f"## {family}", "", markdown_table(rows), ""]
+        body = finetune_tables(rows) if family == "finetune" else [markdown_table(rows), ""]
+        lines += [f"## {family}", "", *body]
     times = read_stage_times(stage_times)
     if times:
         lines += ["## Stage wall times", "", "| profile | stage | what | seconds |", "|---|---|---|---|"]
