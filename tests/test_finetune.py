@@ -128,3 +128,30 @@ def test_llm_asr_encoders_are_frozen_by_design(tmp_path):
     with pytest.raises(ValueError, match="frozen by design"):
         select_tuned(model, "norm")
     assert select_tuned(model, "lora") and all(("lora_" in n) == p.requires_grad for n, p in model.named_parameters())
+
+
+def test_whisper_from_a_local_directory_with_separate_encoder_and_decoder_rates(source, tmp_path):
+    from speechadapt.adapt.finetune import lr_scale_function
+    from speechadapt.models.hf.fixtures import make_tiny_whisper
+    from speechadapt.models.hf.loading import load_whisper_adapter
+    from speechadapt.training.optim import OptimizerConfig, build_optimizer
+
+    whisper_dir = make_tiny_whisper(tmp_path / "whisper", TEXTS)
+    exp = tmp_path / "whisper-ft"
+    finetune.main(["--model", "whisper", "--model-dir", str(whisper_dir), "--exp-dir", str(exp),
+                   "--train-split", "adapt", "--valid-split", "dev", "--test-sets", "test", *data_flags(source),
+                   "--tensorboard", "false", "--lr-scales", "encoder=0.1", "--max-steps", "2", "--max-new-tokens", "5"])
+    record = json.loads((exp / "results.jsonl").read_text().splitlines()[-1])
+    assert record["method"] == "adamw" and record["extra"]["steps"] == 2 and record["extra"]["backwards"] == 2
+    model = load_whisper_adapter(whisper_dir)
+    opt = build_optimizer(model.named_parameters(), OptimizerConfig(optimizer="adamw", base_lr=1e-4),
+                          lr_scale_of=lr_scale_function(model, "encoder=0.1"))
+    rates = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert rates[id(named["model.model.encoder.conv1.weight"])] == pytest.approx(1e-5)
+    assert rates[id(named["model.model.decoder.embed_tokens.weight"])] == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="cannot sample and score"):  # before any step
+        finetune.main(["--model", "whisper", "--model-dir", str(whisper_dir), "--exp-dir", str(tmp_path / "w2"),
+                       "--train-split", "adapt", *data_flags(source), "--objective", "wer", "--optimizer", "mezo",
+                       "--max-steps", "1"])
+    assert not (tmp_path / "w2" / "last.pt").exists()
