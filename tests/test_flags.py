@@ -107,7 +107,7 @@ def stage_parser(entry: str, tokens):
     return get_parser(tokens) if get_parser.__code__.co_argcount else get_parser()
 
 
-SHIPPED = sorted(ROOT.glob("egs/*/conf/*.yaml"))
+SHIPPED = sorted(ROOT.glob("egs/*/conf/**/*.yaml"))
 
 
 def test_the_recipes_ship_config_files():

@@ -106,7 +106,8 @@ def test_model_interface_groups_are_selectable():
 
     model = ZipformerCtc(get_preset("tiny"), vocab_size=20)
     groups = model.parameter_groups()
-    assert set(groups) == {"all", "norms", "encoder", "decoder"}  # no LoRA or projector in a CTC model
+    assert set(groups) == {"all", "norms", "frontend", "encoder", "decoder"}  # no LoRA or projector in CTC
+    assert all(n.startswith("encoder_embed.") for n in names(select_parameters(model, "frontend")))
     assert names(select_parameters(model, "decoder")) == ["ctc_output.1.weight", "ctc_output.1.bias"]
     encoder = names(select_parameters(model, "encoder"))
     assert len(encoder) + 2 == len(names(select_parameters(model, "all")))

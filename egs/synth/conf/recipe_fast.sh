@@ -20,3 +20,8 @@ llm_max_duration=60
 llm_lr=5e-4
 mose_slot_dropout=0.3
 plot_dir=plots-fast
+# fine-tuning on target_adapt (stages 30-37)
+ft_max_duration=60
+ft_steps_fo=4
+ft_steps_zo=4
+ft_steps_zo_q8=2

@@ -23,3 +23,8 @@ llm_max_duration=100
 llm_lr=5e-4
 mose_slot_dropout=0.3
 plot_dir=plots
+# fine-tuning on target_adapt (stages 30-37): 30 s batches; budgets per optimiser family
+ft_max_duration=30
+ft_steps_fo=200
+ft_steps_zo=800
+ft_steps_zo_q8=100

@@ -31,7 +31,8 @@ from speechadapt.utils.io import atomic_save, atomic_write_text
 @dataclass
 class FinetuneOptions:
     params: str = field(default="all", metadata={
-        "help": "what to tune: a parameter group (all, norms, lora, encoder, decoder, projector) or a regex"})
+        "help": "what to tune: a parameter group (all, norms, lora, frontend, encoder, decoder, projector) "
+                "or a regex"})
     objective: str = field(default="loss", metadata={
         "choices": ("loss", "wer"), "help": "the model's training loss, or the expected WER of sampled hypotheses"})
     wer_samples: int = field(default=8, metadata={"help": "--objective wer: hypotheses per utterance"})

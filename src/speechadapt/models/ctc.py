@@ -22,7 +22,8 @@ class ZipformerCtc(CtcAsrMixin, ZipformerBase):
 
     input_kind = "fbank"
     method_name = "zipformer-ctc"
-    group_prefixes = {"encoder": ("encoder_embed.", "encoder."), "decoder": ("ctc_output.",)}
+    group_prefixes = {"frontend": ("encoder_embed.",), "encoder": ("encoder_embed.", "encoder."),
+                      "decoder": ("ctc_output.",)}
 
     def __init__(self, config: Union[ZipformerConfig, dict, str], vocab_size: int,
                  blank_id: int = 0, tokenizer: Optional[BpeTokenizer] = None):

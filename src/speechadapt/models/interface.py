@@ -10,8 +10,9 @@ and the adaptation methods treat them alike:
   normaliser (frames or tokens) and "loss" the summed loss as a float;
 * ``transcribe(batch, options) -> [text]``: one hypothesis per utterance;
 * ``parameter_groups() -> {name: [(param name, parameter)]}``: the named groups an
-  adaptation method can pick (``all``, ``norms``, ``lora``, ``encoder``, ``decoder``,
-  ``projector``; a model lists those it has);
+  adaptation method can pick (``all``, ``norms``, ``lora``, ``frontend`` (the
+  convolutional front end), ``encoder``, ``decoder``, ``projector``; a model lists
+  those it has);
 * ``spec() -> dict``: what :mod:`speechadapt.models.registry` rebuilds the model
   from (kind, configuration, the files it reads); written into the experiment
   directory by every trainer;
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 NamedParams = List[Tuple[str, nn.Parameter]]
-GROUP_NAMES = ("all", "norms", "lora", "encoder", "decoder", "projector")
+GROUP_NAMES = ("all", "norms", "lora", "frontend", "encoder", "decoder", "projector")
 
 
 @dataclass

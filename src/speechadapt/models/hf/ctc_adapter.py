@@ -37,7 +37,8 @@ class HFCtcAdapter(CtcAsrMixin, nn.Module):
         self.dtype_name = dtype
         self.method_name = f"{model.config.model_type}-ctc"
         prefix = f"model.{model.base_model_prefix}."
-        self.group_prefixes = {"encoder": (prefix,), "decoder": ("model.lm_head.",)}
+        self.group_prefixes = {"frontend": (prefix + "feature_extractor.", prefix + "feature_projection."),
+                               "encoder": (prefix,), "decoder": ("model.lm_head.",)}
         self.tokenizer = processor.tokenizer
         feature_extractor = processor.feature_extractor
         self.sampling_rate = int(feature_extractor.sampling_rate)
