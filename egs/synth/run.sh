@@ -107,6 +107,46 @@ if stage_in 25; then
   stage_end
 fi
 
+# ---- 30-39 fine-tuning on the target domain (first-order and zeroth-order) ----------
+# One conf/ft/<run>.yaml per method (optimiser, what is tuned, rates chosen on
+# target_dev); budgets from the profile; 8 dev evaluations per run.
+ft_data="$data_flags --train-split target_adapt --valid-split target_dev --test-sets source_test,target_test \
+  --results $results --max-duration $ft_max_duration --max-bad-transcripts $ft_max_bad_transcripts \
+  --start-epoch $start_epoch"
+ctc_source="--source-exp-dir $ctc_exp --checkpoint $ctc_exp/$ctc_model"
+llm_source="--source-exp-dir $exp_root/llm_asr --epoch $llm_epochs --avg $llm_avg --use-averaged-model true"
+finetune() {  # finetune SOURCE_FLAGS CONF OUT_DIR STEPS [ENV]: one run of conf/ft/CONF.yaml
+  local every=$(( $4 / 8 > 0 ? $4 / 8 : 1 ))
+  ${5:-} python -m speechadapt.bin.finetune --config conf/ft/$2.yaml $1 $ft_data --exp-dir $exp_root/$3/$2 \
+    --max-steps $4 --eval-every $every
+}
+if stage_in 30; then
+  stage_begin 30 "Zipformer-CTC zero-shot on the target domain"
+  finetune "$ctc_source" zero_shot ft_ctc 0
+  stage_end
+fi
+ft_stage=31
+for method in adamw mezo zoasr hizoo lozo; do  # stages 31-35
+  case $method in adamw) steps=$ft_steps_fo ;; zoasr) steps=$ft_steps_zo_q8 ;; *) steps=$ft_steps_zo ;; esac
+  if stage_in $ft_stage; then
+    stage_begin $ft_stage "Zipformer-CTC fine-tuning: $method on all parameters, the norms, the front end"
+    for selection in all norms frontend; do finetune "$ctc_source" ${method}_$selection ft_ctc $steps; done
+    stage_end
+  fi
+  ft_stage=$((ft_stage + 1))
+done
+if stage_in 36; then
+  stage_begin 36 "LLM-ASR zero-shot and AdamW on LoRA + projector"
+  finetune "$llm_source" zero_shot ft_llm 0 "$llm_env"
+  finetune "$llm_source" llm_adamw_lora ft_llm $ft_steps_fo "$llm_env"
+  stage_end
+fi
+if stage_in 37; then
+  stage_begin 37 "LLM-ASR zeroth-order (ZO-ASR, q 8) on LoRA, encoder and projector cached"
+  finetune "$llm_source" llm_zoasr_lora ft_llm $ft_steps_zo_q8 "$llm_env"
+  stage_end
+fi
+
 # ---- 90-99 report ------------------------------------------------------------------
 if stage_in 90; then
   stage_begin 90 "RESULTS and plots from results.jsonl"

@@ -28,3 +28,4 @@ ft_max_duration=30
 ft_steps_fo=200
 ft_steps_zo=800
 ft_steps_zo_q8=100
+ft_max_bad_transcripts=0.01

@@ -12,6 +12,7 @@ Used by ``speechadapt.bin.finetune`` (and the adaptation stages built on it):
 * :func:`run_record` is what every results.jsonl record of a fine-tuning run carries.
 """
 
+import contextlib
 import json
 import logging
 import re
@@ -107,6 +108,7 @@ class DevEvaluator:
 
     def __init__(self, model, loader, exp_dir, every: int, options, save_keys, is_main: bool = True):
         self.model, self.loader, self.every, self.options = model, loader, every, options
+        self.memory = None  # a PeakMemory of the training run: decoding is left out of its peak
         self.exp_dir = Path(exp_dir)
         self.save_keys = set(save_keys)
         self.is_main = is_main
@@ -142,7 +144,8 @@ class DevEvaluator:
         step = int(trainer.params["batch_idx_train"])
         if not self.is_main or self.every <= 0 or step % self.every:
             return
-        self.evaluate(step, trainer.optimizer.num_forwards, trainer.optimizer.num_backwards, trainer.tb_writer)
+        with self.memory.paused() if self.memory is not None else contextlib.nullcontext():
+            self.evaluate(step, trainer.optimizer.num_forwards, trainer.optimizer.num_backwards, trainer.tb_writer)
 
 
 def run_record(optimizer_name: str, tuned: int, steps: int, forwards: int, backwards: int, train_s: float,

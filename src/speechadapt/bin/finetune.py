@@ -54,7 +54,8 @@ from speechadapt.utils.memory import PeakMemory
 # Adaptation runs are short: a step budget, no running average, decoding on the dev set.
 TRAINING_DEFAULTS = dict(num_epochs=1000, average_period=0, save_every_n=0, valid_interval=0, log_interval=25)
 OPTIMIZER_DEFAULTS = dict(optimizer="adamw", base_lr=1e-4)
-DATA_DEFAULTS = dict(enable_spec_aug=False)
+# Adaptation sets are small: keep every cut (no dropped last batches), no SpecAugment.
+DATA_DEFAULTS = dict(enable_spec_aug=False, drop_last=False)
 
 
 def get_parser(tokens: Sequence[str] = ()) -> argparse.ArgumentParser:
@@ -100,13 +101,20 @@ def default_method(args, config: OptimizerConfig, options: FinetuneOptions) -> s
 
 
 def inference_peak(model, loader, device) -> float:
-    """Peak memory of one inference forward on a training batch (the reference for ZO)."""
-    batch = next(iter(loader))
+    """Peak memory of inference over the adaptation batches (the reference for ZO's
+    inference-level memory): the loss of every batch of one epoch, no autograd. The
+    second of two passes counts: the first also fills the allocator's caches."""
     was_training = model.training
     model.eval()
-    with PeakMemory(device) as peak, torch.inference_mode():
-        model.compute_loss(batch)
+    batches = 0
+    for _ in range(2):
+        with PeakMemory(device) as peak, torch.inference_mode():
+            for batch in loader:
+                model.compute_loss(batch)
+                batches += 1
     model.train(was_training)
+    if not batches:
+        raise ValueError("the adaptation set yields no batch (too small for --max-duration with --drop-last true?)")
     return peak.mb
 
 
@@ -123,7 +131,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     adapters_only = spec["kind"] == "llm_asr"  # its checkpoints hold the trainable parts (LoRA ...)
     save_keys = list(model_state_dict(model, trainable_only=adapters_only))
     training.save_trainable_only = adapters_only
-    tuned = select_tuned(model, options.params)
+    tuned = select_tuned(model, options.params) if training.num_epochs > 0 else []  # zero-shot tunes nothing
     objective = None
     if options.objective == "wer":
         if not supports_expected_wer(model):
@@ -135,10 +143,11 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
                                    data_config.max_bad_transcripts, args.train_split)
     train_dl = data.train_dataloaders(train_cuts, world_size=dist_info.world_size, rank=dist_info.rank)
     dev = data.test_dataloaders(data.load_cuts(args.valid_split)) if args.valid_split else None
-    peak_infer = inference_peak(model, train_dl, dist_info.device) if training.num_epochs > 0 else 0.0
     trainer = Trainer(training, model, train_dl, None, dist_info, optimizer_config=optim,
                       scheduler_config=dataclass_from_args(SchedulerConfig, args), objective=objective,
                       lr_scale_of=lr_scale_function(model, options.lr_scales))
+    # after the Trainer: building the optimiser imports ~70 MB of modules, not working memory
+    peak_infer = inference_peak(model, train_dl, dist_info.device) if training.num_epochs > 0 else 0.0
     evaluator = DevEvaluator(model, dev, training.exp_dir, options.eval_every, decode_opts, save_keys,
                              dist_info.is_main)
     if dist_info.is_main:
@@ -148,6 +157,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     if dev is not None:
         trainer.step_hooks.append(evaluator)
     with PeakMemory(dist_info.device) as peak_train:
+        evaluator.memory = peak_train
         start = time.time()
         trainer.fit()
         train_s = time.time() - start
@@ -187,7 +197,8 @@ def finish(args, trainer, evaluator, model, save_keys, source, optim, options, d
             results, audio_s = decode_dataloader(lambda b: model.transcribe(b, decode_opts), data.test_dataloaders(cuts),
                                                  desc=f"decoding {split_name(test_set)}")
         wers.update(write_decode_results(results, exp_dir, split_name(test_set), decode_opts.key(weights), method,
-                                         args.results, clock.seconds, audio_s, extra=extra, subsets=unseen_subset(cuts)))
+                                         args.results, clock.seconds, audio_s, extra=extra, subsets=unseen_subset(cuts),
+                                         model_name=f"{exp_dir.parent.name}/{exp_dir.name}/{decode_opts.key(weights)}"))
     logging.info(f"{method}: {wers} after {steps} updates ({opt.num_forwards} forwards, {train_s:.0f} s)")
     return wers
 

@@ -79,6 +79,7 @@ def write_decode_results(
     audio_s: Optional[float] = None,
     extra: Optional[dict] = None,
     subsets: Optional[Dict[str, Callable[[str], bool]]] = None,
+    model_name: Optional[str] = None,
 ) -> Dict[str, float]:
     """Write the files of ``test_set`` (and of ``test_set_NAME`` per subset); set -> WER."""
     out_dir = Path(exp_dir) / "decode"
@@ -101,7 +102,7 @@ def write_decode_results(
         atomic_write_text(f"settings\tWER\n{key}\t{wers[name]:.2f}\n", out_dir / f"wer-summary-{name}-{key}.txt")
         counts = count_errors(res)
         append_result(jsonl, ResultRecord.from_counts(
-            method, name, counts, model=f"{Path(exp_dir).name}/{key}",
+            method, name, counts, model=model_name or f"{Path(exp_dir).name}/{key}",
             wall_time_s=None if wall_time_s is None else round(wall_time_s, 3),
             peak_memory_mb=round(peak_memory_mb(), 1), extra=dict(info, num_utterances=len(res))))
         logging.info(f"{name} {key}: WER {wers[name]:.2f}% ({counts.errors}/{counts.ref_words})")

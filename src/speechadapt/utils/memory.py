@@ -8,7 +8,8 @@ that is not allowed, ``ru_maxrss`` is used (an upper bound) and ``method`` says 
 
 import gc
 import resource
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import torch
 
@@ -46,6 +47,26 @@ class PeakMemory:
     def above_start_mb(self) -> float:
         return self.mb - self.start_mb
 
+    def _current_peak(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self._hwm:
+            return proc_status_kb("VmHWM") / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Leave a nested piece of work (evaluation inside training) out of the peak."""
+        self.mb = max(self.mb, self._current_peak())
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            elif self._hwm:
+                _reset_high_water_mark()
+
     def __enter__(self) -> "PeakMemory":
         gc.collect()
         if self.device.type == "cuda":
@@ -63,10 +84,4 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20
-        elif self._hwm:
-            self.mb = proc_status_kb("VmHWM") / 1024
-        else:
-            self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.mb = max(self.mb, self._current_peak())
