@@ -12,6 +12,14 @@ nothing of parameter size exists besides the model, unless momentum or HiZOO's
 Hessian is asked for (opt-in state, outside the inference-level memory target).
 The restore of the last query is fused into the update pass (one pass fewer).
 
+Batched queries (``batched_queries=True``, for a small tuned set): theta is not
+perturbed in place; the 2q perturbed copies of the tuned tensors are stacked and
+evaluated in one vectorised forward, ``loss_fn.batched([(param, stacked), ...])``
+(the Trainer's loss function has it: ``torch.func.vmap`` over ``functional_call``).
+L(theta) is evaluated first, plainly (it fills the frozen-part cache and the loss
+normaliser), so a step is 2q+1 forwards; it holds 2q copies of the tuned tensors
+and 2q times the activations above them, hence only where those are small.
+
 Estimators (``estimator=``):
   * ``"spsa"``: the update above (MeZO with q=1, ZO-ASR with q>1).
   * ``"hizoo"``: HiZOO (Zhao et al. 2024). A diagonal Hessian estimate h (init 1)
@@ -105,6 +113,37 @@ def as_param_groups(params: Iterable) -> List[Any]:
     return tensors(items)
 
 
+class ReadOnlyCache(dict):
+    """A copy of a filled frozen-part cache that ignores writes: made under vmap, they
+    would hold batched tensors."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+class _Call(torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, fn: Callable[[], torch.Tensor]):
+        super().__init__()
+        self.module, self.fn = module, fn
+
+    def forward(self) -> torch.Tensor:
+        return self.fn()
+
+
+def vectorised_losses(module: torch.nn.Module, loss_of: Callable[[], torch.Tensor], pairs) -> torch.Tensor:
+    """``loss_of()`` (a scalar computed with ``module``) under each of n stacked values of
+    some of its parameters, ``pairs`` = [(parameter, (n, *shape) values)], in one
+    ``torch.func.vmap`` over ``functional_call``: (n,) losses. Random ops are an error
+    (the queries must see the same function)."""
+    names = {id(p): f"module.{name}" for name, p in module.named_parameters()}
+    missing = [tuple(p.shape) for p, _ in pairs if id(p) not in names]
+    if missing:
+        raise ValueError(f"vectorised_losses: {len(missing)} tensors are not parameters of the module: {missing[:3]}")
+    stacked = {names[id(p)]: values for p, values in pairs}
+    call = _Call(module, loss_of)
+    return torch.func.vmap(lambda params: torch.func.functional_call(call, params, ()), randomness="error")(stacked)
+
+
 @dataclass
 class ZOProbe:
     """The outcome of the queries of one step (losses averaged over ranks)."""
@@ -149,6 +188,8 @@ class ZOOptimizer(torch.optim.Optimizer):
       hessian_smooth, hessian_min: HiZOO's smoothing a and a floor on h.
       seed: seeds the master generator; must be equal on every rank.
       chunk_size: elements per chunk of z (part of the random stream).
+      batched_queries: evaluate the 2q perturbed copies in one vectorised forward
+        (module docstring); the same z, so the same update to float rounding.
     """
 
     def __init__(
@@ -166,6 +207,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         lozo_rank: int = 2,
         lozo_interval: int = 50,
+        batched_queries: bool = False,
     ):
         if lr < 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
@@ -210,6 +252,7 @@ class ZOOptimizer(torch.optim.Optimizer):
                 self.state[p]["hessian"] = torch.ones_like(p, memory_format=torch.contiguous_format)
         self.lozo_interval = int(lozo_interval)
         self._lowrank = LowRankDirections(self.params, lozo_rank) if estimator == "lozo" else None
+        self.batched_queries = bool(batched_queries)
 
     zeroth_order = True
     num_backwards = 0
@@ -220,8 +263,8 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     @property
     def forwards_per_step(self) -> int:
-        """Forward passes one step runs: 2q, plus L(theta) for HiZOO."""
-        return 2 * self.num_queries + (1 if self.estimator == "hizoo" else 0)
+        """Forward passes one step runs: 2q, plus L(theta) for HiZOO and batched queries."""
+        return 2 * self.num_queries + (1 if self.estimator == "hizoo" or self.batched_queries else 0)
 
     def _check_same_seed_on_every_rank(self) -> None:
         """Different seeds would give each rank its own z and silently split the model."""
@@ -292,8 +335,41 @@ class ZOOptimizer(torch.optim.Optimizer):
         zero = reduced[2 * q] if loss_zero is not None else None
         return ZOProbe(seeds, reduced[:q], reduced[q : 2 * q], zero)
 
+    @torch.no_grad()
+    def _stacked_perturbations(self, seeds: List[int]) -> List[torch.Tensor]:
+        """Per tuned tensor, (2q, numel): rows 2j and 2j+1 are theta + eps*z_j and theta - eps*z_j."""
+        q = len(seeds)
+        stacked = [p.detach().reshape(1, -1).repeat(2 * q, 1) for p in self.params]
+        draws = SeededDraws(seeds)
+        for index, start, chunk in walk(self.params, self.chunk_size):
+            rows = stacked[index][:, start : start + chunk.numel()]
+            for j in range(q):
+                z = self._direction(draws, j, index, start, chunk)
+                rows[2 * j].add_(z, alpha=self.eps)
+                rows[2 * j + 1].add_(z, alpha=-self.eps)
+        return stacked
+
+    def _run_batched_queries(self, loss_fn: LossFn, seeds: List[int]) -> ZOProbe:
+        batched = getattr(loss_fn, "batched", None)
+        if batched is None:
+            raise TypeError("batched queries need loss_fn.batched(pairs) -> losses (the Trainer's loss "
+                            "function has it); run with --zo-batched-queries false otherwise")
+        loss_zero = self._evaluate(loss_fn)  # first: it fills the cache and the normaliser
+        stacked = self._stacked_perturbations(seeds)
+        pairs = [(p, s.view(s.shape[0], *p.shape)) for p, s in zip(self.params, stacked)]
+        with torch.inference_mode():
+            losses = batched(pairs).double().tolist()
+        q = len(seeds)
+        self.num_forwards += 2 * q
+        if len(losses) != 2 * q:
+            raise ValueError(f"loss_fn.batched returned {len(losses)} losses for {2 * q} perturbed copies")
+        reduced = self._reduce_mean(losses[0::2] + losses[1::2] + [loss_zero])
+        return ZOProbe(seeds, reduced[:q], reduced[q : 2 * q], reduced[2 * q])
+
     def probe(self, loss_fn: LossFn) -> ZOProbe:
         """Run one step's queries and restore theta, without updating anything."""
+        if self.batched_queries:
+            return self._run_batched_queries(loss_fn, self.draw_seeds())
         return self._run_queries(loss_fn, self.draw_seeds(), restore_last=True)
 
     # -- update ----------------------------------------------------------------
@@ -316,8 +392,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         return momentum, hessian
 
     @torch.no_grad()
-    def _update(self, probe: ZOProbe) -> None:
-        """One fused pass: restore the last query, decay, step, update momentum/Hessian."""
+    def _update(self, probe: ZOProbe, restore_last: bool = True) -> None:
+        """One fused pass: restore the last query (theta was left at theta - eps*z_last
+        unless the queries were batched), decay, step, update momentum/Hessian."""
         q = len(probe.seeds)
         coefs = [g / q for g in probe.projected_grads(self.eps)]
         curvature = self._curvature_weights(probe) if self.estimator == "hizoo" else None
@@ -343,7 +420,7 @@ class ZOOptimizer(torch.optim.Optimizer):
                     curv_sum.addcmul_(z, z, value=curvature[j])
                     z.mul_(inv_sqrt_h)
                 # theta was left at theta - eps*z_last: put the (decayed) eps*z back.
-                restore = decay * self.eps if j == q - 1 else 0.0
+                restore = decay * self.eps if restore_last and j == q - 1 else 0.0
                 if momentum is not None:
                     momentum.add_(z, alpha=coefs[j])
                     chunk.add_(z, alpha=restore)
@@ -373,15 +450,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.skipped = None
         if self._all_lr_zero():
             return self._reduce_mean([self._evaluate(loss_fn)])[0]
-        probe = self._run_queries(loss_fn, seeds, restore_last=False)
+        if self.batched_queries:
+            probe = self._run_batched_queries(loss_fn, seeds)
+        else:
+            probe = self._run_queries(loss_fn, seeds, restore_last=False)
         self.last_probe = probe
         if not probe.is_finite():
-            self.perturb(seeds[-1], self.eps)
+            if not self.batched_queries:
+                self.perturb(seeds[-1], self.eps)
             self.num_skipped += 1
             self.skipped = "non-finite loss"
             logging.warning(f"ZO step {self.num_steps}: non-finite loss, update skipped")
             return float("nan")
-        self._update(probe)
+        self._update(probe, restore_last=not self.batched_queries)
         return probe.mean_loss()
 
     # -- checkpoints -----------------------------------------------------------

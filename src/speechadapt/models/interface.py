@@ -28,6 +28,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Sequence, Tuple
 
+import math
+
 import torch
 from torch import nn
 
@@ -61,10 +63,20 @@ def loss_metrics(loss: torch.Tensor, frames: float, utterances: int, **more: flo
     info = MetricsTracker(unnormalised=["utterances"])
     info["frames"] = float(frames)
     info["utterances"] = float(utterances)
-    info["loss"] = float(loss.detach())
+    info["loss"] = _number(loss)
     for key, value in more.items():
-        info[key] = float(value)
+        info[key] = _number(value)
     return info
+
+
+def _number(value) -> float:
+    """float(value); NaN for a tensor batched under ``torch.func.vmap`` (ZO's batched
+    queries keep only the losses, and a batched value has no single number)."""
+    if isinstance(value, torch.Tensor):
+        if torch._C._functorch.is_batchedtensor(value):
+            return math.nan
+        return float(value.detach())
+    return float(value)
 
 
 def is_norm_module(module: nn.Module) -> bool:

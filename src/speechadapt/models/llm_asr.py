@@ -61,7 +61,7 @@ class LlmAsrConfig:
 class LlmAsrOutput:
     loss: torch.Tensor  # summed cross-entropy over label tokens
     num_tokens: int
-    num_correct: int  # argmax hits on label tokens (teacher forcing)
+    num_correct: torch.Tensor  # argmax hits on label tokens (teacher forcing); a tensor: no sync, vmap-safe
 
 
 def apply_lora(llm: nn.Module, config: LlmAsrConfig) -> nn.Module:
@@ -214,7 +214,7 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         loss = loss + sum(0.0 * frames.sum() for frames, _ in speech)
         valid = targets != IGNORE_ID
         correct = ((logits.argmax(-1) == targets) & valid).sum()
-        return LlmAsrOutput(loss=loss, num_tokens=int(valid.sum()), num_correct=int(correct))
+        return LlmAsrOutput(loss=loss, num_tokens=int(valid.sum()), num_correct=correct)
 
     def _label_logits(self, prompts: PromptBatch) -> Tuple[torch.Tensor, torch.Tensor]:
         """Next-token logits (float) at the label positions and the labels (IGNORE_ID elsewhere)."""

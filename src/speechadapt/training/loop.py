@@ -38,6 +38,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from speechadapt.adapt.zo import ReadOnlyCache, vectorised_losses
 from speechadapt.training import checkpoint as ckpt
 from speechadapt.training.dist import DistInfo, all_reduce_sum, barrier, broadcast_parameters, get_world_size
 from speechadapt.training.exp_dir import check_fresh_start, resolve_start
@@ -350,6 +351,14 @@ class Trainer:
                 return torch.full((), math.nan, device=loss.device)
             return loss * seen["scale"]
 
+        def batched(pairs) -> torch.Tensor:  # for ZO's batched queries, after one plain call
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                frozen = ReadOnlyCache(cache) if cache is not None else None
+                losses = vectorised_losses(self.loss_module, lambda: self.loss_module(batch, frozen)[0], pairs)
+            return torch.full_like(losses, math.nan) if seen["bad"] else losses * seen["scale"]
+
+        loss_fn.batched = batched
         return loss_fn, seen
 
     def _skip_bad_batch(self, why: str) -> None:

@@ -58,6 +58,8 @@ class OptimizerConfig:
     hessian_smooth: Optional[float] = field(default=None, metadata={"help": "HiZOO only"})
     lozo_rank: int = field(default=2, metadata={"help": "LOZO: rank r of the perturbations U V^T"})
     lozo_interval: int = field(default=50, metadata={"help": "LOZO: steps between new V (nu)"})
+    zo_batched_queries: bool = field(default=False, metadata={
+        "help": "evaluate the 2q perturbed copies of a small tuned set in one vectorised forward"})
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZER_NAMES:
@@ -207,7 +209,8 @@ def build_optimizer(named_params: NamedParams, config: OptimizerConfig,
         inner = FIRST_ORDER[config.optimizer](lr_groups(named, config.base_lr, lr_scale_of), config)
         return FirstOrderOptimizer(inner, params, config.max_grad_norm, grad_scaler)
     settings = dict(ZO_PRESETS[config.optimizer], weight_decay=config.weight_decay, momentum=config.momentum,
-                    seed=config.zo_seed, lozo_rank=config.lozo_rank, lozo_interval=config.lozo_interval)
+                    seed=config.zo_seed, lozo_rank=config.lozo_rank, lozo_interval=config.lozo_interval,
+                    batched_queries=config.zo_batched_queries)
     optional = dict(eps=config.zo_eps, num_queries=config.zo_num_queries, hessian_smooth=config.hessian_smooth)
     settings.update({k: v for k, v in optional.items() if v is not None})
     groups = lr_groups(named, config.base_lr, lr_scale_of, keep_names=True)
