@@ -5,9 +5,7 @@ repeated), for Zipformer-CTC, LLM-ASR/MoSE, wav2vec2-CTC and Whisper."""
 
 import json
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from speechadapt.bin import average_checkpoints, decode, train
@@ -17,27 +15,7 @@ from speechadapt.models.registry import SPEC_FILE, load_model, read_spec
 from speechadapt.models.zipformer import get_preset
 from speechadapt.training.averaging import WeightSelection
 
-TEXTS = ["turn on the lights", "call alice now", "play some music", "open the door",
-         "set an alarm for seven", "what time is it", "call bob", "stop the music"]
-PREFIX = "mini"
-
-
-def write_split(root, split, texts, seed):
-    from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
-
-    from speechadapt.data.features import featurise_split
-
-    rng = np.random.default_rng(seed)
-    recordings, supervisions = [], []
-    for i, text in enumerate(texts):
-        path = root / "wav" / f"{split}-{i}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, (0.1 * rng.standard_normal(int(16000 * (1.0 + 0.2 * (i % 4))))).astype(np.float32), 16000)
-        rec = Recording.from_file(path, recording_id=f"{split}-{i}")
-        recordings.append(rec)
-        supervisions.append(SupervisionSegment(f"{split}-{i}", rec.id, 0.0, rec.duration, text=text))
-    cuts = CutSet.from_manifests(RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions))
-    featurise_split(cuts, root / "fbank", split, PREFIX)
+from mini_corpus import PREFIX, TEXTS, write_split  # noqa: E402 (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="module")

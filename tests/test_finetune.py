@@ -3,33 +3,12 @@ dev WER curve, best/last weights, records with the run's cost, and bad input ref
 
 import json
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from speechadapt.bin import decode, finetune, train
-from speechadapt.data.features import featurise_split
 
-TEXTS = ["turn on the lights", "call alice now", "play some music", "open the door",
-         "set an alarm for seven", "what time is it", "call bob", "stop the music"]
-PREFIX = "mini"
-
-
-def write_split(root, split, texts, seed):
-    from lhotse import CutSet, Recording, RecordingSet, SupervisionSegment, SupervisionSet
-
-    rng = np.random.default_rng(seed)
-    recordings, supervisions = [], []
-    for i, text in enumerate(texts):
-        path = root / "wav" / f"{split}-{i}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, (0.1 * rng.standard_normal(int(16000 * (1.0 + 0.2 * (i % 4))))).astype(np.float32), 16000)
-        rec = Recording.from_file(path, recording_id=f"{split}-{i}")
-        recordings.append(rec)
-        supervisions.append(SupervisionSegment(f"{split}-{i}", rec.id, 0.0, rec.duration, text=text))
-    cuts = CutSet.from_manifests(RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions))
-    featurise_split(cuts, root / "fbank", split, PREFIX)
+from mini_corpus import PREFIX, TEXTS, write_split  # noqa: E402 (tests/ is on sys.path)
 
 
 def data_flags(root):
