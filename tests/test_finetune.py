@@ -78,6 +78,16 @@ def test_first_order_zero_shot_and_the_expected_wer_objective(source, tmp_path):
         if k.startswith("ctc_output."))
 
 
+def test_a_diverged_run_is_recorded_with_the_weights_dev_chose(source, tmp_path):
+    records = run(source, tmp_path / "nan", "--optimizer", "mezo", "--base-lr", "1e30", "--max-steps", "8",
+                  "--eval-every", "1", "--max-bad-batches", "2")
+    extra = records[0]["extra"]
+    assert "2 bad batches in a row" in extra["diverged"] and extra["best_step"] == 0
+    assert records[0]["model"].endswith("nan/greedy-best-step-0")
+    zero = run(source, tmp_path / "zero", "--num-epochs", "0")
+    assert [r["wer"] for r in records] == [r["wer"] for r in zero]  # decoded with the step-0 weights
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--params", "no_such_layer"], "matched none"),
     (["--optimizer", "mezo", "--zo-eps", "0"], "--zo-eps must be > 0"),

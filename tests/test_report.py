@@ -45,9 +45,13 @@ def test_finetune_table_has_cost_and_change_against_zero_shot(tmp_path):
     zero = dict(common, tuned_params=0, steps=0, forwards=0, backwards=0, train_wall_s=0.0)
     zo = dict(common, tuned_params=1200, steps=50, forwards=100, backwards=0, train_wall_s=12.5, peak_train_mb=300.0,
               train_to_infer_memory=1.01)
-    for method, extra, errors in (("zero-shot", zero, (20, 10)), ("mezo-norms", zo, (16, 11))):
-        append_result(res, ResultRecord.from_counts(method, "target_test", ErrorCounts(0, 0, errors[0], 100), extra=extra))
-        append_result(res, ResultRecord.from_counts(method, "source_test", ErrorCounts(0, 0, errors[1], 100), extra=extra))
+    rows = (("zero-shot", zero, (20, 10), "greedy-best-step-0"), ("mezo-norms", zo, (18, 12), "greedy-best-step-20"),
+            ("mezo-norms", zo, (16, 11), "greedy-best-step-50"))  # a rerun of the run dir replaces its row
+    for method, extra, errors, key in rows:
+        for test_set, n in zip(("target_test", "source_test"), errors):
+            append_result(res, ResultRecord.from_counts(method, test_set, ErrorCounts(0, 0, n, 100), extra=extra,
+                                                        model=f"ft/{method}/{key}"))
+            time.sleep(0.002)
     run = exp / "ft" / "mezo-norms"
     run.mkdir(parents=True)
     (run / "dev_curve.jsonl").write_text("".join(json.dumps(dict(step=s, forwards=2 * s, wall_s=s / 4, wer=30 - s / 10))
@@ -57,4 +61,5 @@ def test_finetune_table_has_cost_and_change_against_zero_shot(tmp_path):
     text = out.read_text()
     assert "Source: `exp/ctc:epoch-8-avg-3`" in text
     assert "| mezo-norms | 1,200 | 50 | 100 | 0 | 12.5 | 300.0 | 1.01 | 16.00 | 11.00 | -20.0% | +10.0% |" in text
+    assert text.count("| mezo-norms |") == 1
     assert (tmp_path / "plots" / "dev-ft.png").stat().st_size > 1000

@@ -41,7 +41,7 @@ from speechadapt.models.registry import MODEL_KINDS, get_kind, load_model, read_
 from speechadapt.training.averaging import WeightSelection
 from speechadapt.training.checkpoint import model_state_dict
 from speechadapt.training.dist import cleanup_dist, launch, setup_dist
-from speechadapt.training.loop import Trainer
+from speechadapt.training.loop import NonFiniteLossError, Trainer
 from speechadapt.training.optim import OptimizerConfig
 from speechadapt.training.options import TrainingConfig
 from speechadapt.training.schedulers import SchedulerConfig
@@ -156,19 +156,24 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
             evaluator.evaluate(0, 0, 0, trainer.tb_writer)
     if dev is not None:
         trainer.step_hooks.append(evaluator)
+    diverged = None
     with PeakMemory(dist_info.device) as peak_train:
         evaluator.memory = peak_train
         start = time.time()
-        trainer.fit()
+        try:
+            trainer.fit()
+        except NonFiniteLossError as e:  # a diverged run is a result (of its rate): keep what dev chose
+            diverged = f"{e} at update {trainer.params['batch_idx_train']}"
+            logging.warning(f"the run diverged ({diverged}); the test sets are decoded with the best dev weights")
         train_s = time.time() - start
     if dist_info.is_main:
         finish(args, trainer, evaluator, model, save_keys, source, optim, options, decode_opts, data, tuned,
-               train_s, peak_train, peak_infer)
+               train_s, peak_train, peak_infer, diverged)
     cleanup_dist()
 
 
 def finish(args, trainer, evaluator, model, save_keys, source, optim, options, decode_opts, data, tuned,
-           train_s, peak_train, peak_infer) -> Dict[str, float]:
+           train_s, peak_train, peak_infer, diverged=None) -> Dict[str, float]:
     """The last and best weights, and the test sets decoded with the best."""
     opt = trainer.optimizer
     steps = int(trainer.params["batch_idx_train"])
@@ -188,7 +193,7 @@ def finish(args, trainer, evaluator, model, save_keys, source, optim, options, d
                                              base_lr=optim.base_lr, zo_eps=optim.zo_eps,
                                              zo_num_queries=optim.zo_num_queries,
                                              best_dev_wer=None if evaluator.best_step < 0 else evaluator.best_wer,
-                                             best_step=evaluator.best_step))
+                                             best_step=evaluator.best_step, diverged=diverged))
     method = default_method(args, optim, options)
     wers: Dict[str, float] = {}
     for test_set in args.test_sets:

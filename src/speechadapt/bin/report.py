@@ -30,11 +30,18 @@ def family_of(record: dict) -> str:
 
 
 def latest_cells(records: List[dict]) -> Dict[str, "OrderedDict[Tuple[str, str], Dict[str, dict]]"]:
-    """family -> (method, model) -> test_set -> latest record, in first-seen order."""
+    """family -> (method, model) -> test_set -> latest record, in first-seen order. A
+    fine-tuning row is its run directory (``ft_ctc/lozo_all``): a rerun replaces it,
+    whichever weights its dev set chose."""
     tables: Dict[str, OrderedDict] = OrderedDict()
     for rec in sorted(records, key=lambda r: r.get("timestamp", 0)):
-        rows = tables.setdefault(family_of(rec), OrderedDict())
-        rows.setdefault((rec["method"], rec.get("model", "")), {})[rec["test_set"]] = rec
+        family = family_of(rec)
+        model = rec.get("model", "")
+        if family == "finetune":
+            model = "/".join(model.split("/")[:2])
+        rows = tables.setdefault(family, OrderedDict())
+        cells = rows.setdefault((rec["method"], model), {})
+        cells[rec["test_set"]] = rec
     return tables
 
 
