@@ -102,6 +102,19 @@ def test_bad_input_is_refused_before_any_step(source, tmp_path, capsys, flags, m
     assert not (tmp_path / "bad" / "last.pt").exists()
 
 
+def test_an_empty_or_too_small_adaptation_set_is_refused(source, tmp_path, capsys):
+    import gzip
+
+    with gzip.open(source / "fbank" / "mini_cuts_empty.jsonl.gz", "wt"):
+        pass
+    with pytest.raises((SystemExit, ValueError)) as exc:
+        run(source, tmp_path / "empty", "--train-split", "empty", "--max-steps", "1")
+    assert "mini_cuts_empty.jsonl.gz" in str(exc.value) + capsys.readouterr().err
+    with pytest.raises(ValueError, match="yields no batch"):  # 8 cuts of 1-1.6 s never fill 60 s batches
+        run(source, tmp_path / "small", "--max-duration", "60", "--drop-last", "true", "--max-steps", "1")
+    assert not (tmp_path / "small" / "last.pt").exists()
+
+
 def test_llm_asr_encoders_are_frozen_by_design(tmp_path):
     from speechadapt.adapt.finetune import select_tuned
     from speechadapt.models.hf.fixtures import make_tiny_qwen2
