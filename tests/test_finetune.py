@@ -48,6 +48,7 @@ def test_zeroth_order_norms_run_records_its_cost(source, tmp_path):
     extra = records[0]["extra"]
     assert records[0]["method"] == "mezo-norms" and extra["family"] == "finetune"
     assert extra["steps"] == 4 and extra["forwards"] == 8 and extra["backwards"] == 0
+    assert extra["zo_num_queries"] == 1 and extra["zo_eps"] == 1e-3  # the mezo preset's, as run
     norms = sum(p.numel() for n, p in torch.load(exp / "last.pt", weights_only=True)["model"].items()
                 if "norm" in n)
     assert 0 < extra["tuned_params"] == norms

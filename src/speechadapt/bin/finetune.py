@@ -190,8 +190,9 @@ def finish(args, trainer, evaluator, model, save_keys, source, optim, options, d
     extra = run_record(optim.optimizer if args.num_epochs else "none", sum(p.numel() for _, p in tuned), steps,
                        opt.num_forwards, opt.num_backwards, train_s, peak_train.mb if steps else 0.0, peak_infer,
                        peak_train.method, dict(source=source, params=options.params, objective=options.objective,
-                                             base_lr=optim.base_lr, zo_eps=optim.zo_eps,
-                                             zo_num_queries=optim.zo_num_queries,
+                                             base_lr=optim.base_lr,  # eps and q as run (a preset's when unset)
+                                             zo_eps=getattr(opt, "eps", optim.zo_eps),
+                                             zo_num_queries=getattr(opt, "num_queries", optim.zo_num_queries),
                                              best_dev_wer=None if evaluator.best_step < 0 else evaluator.best_wer,
                                              best_step=evaluator.best_step, diverged=diverged))
     method = default_method(args, optim, options)
