@@ -84,7 +84,7 @@ def test_zipformer_frozen_stacks_run_once_per_batch_and_change_nothing(tmp_path,
 TEXTS = ["turn on the lights", "call alice", "play some music", "open the door"]
 
 
-def tiny_llm_asr(llm_dir, selection="lora"):
+def tiny_llm_asr(llm_dir, selection=r"lora_"):
     from speechadapt.models.llm_asr import LlmAsrConfig, LlmAsrModel
     from speechadapt.models.llm_asr_build import load_llm_for_asr
     from speechadapt.models.zipformer import ZipformerEncoder
@@ -94,14 +94,11 @@ def tiny_llm_asr(llm_dir, selection="lora"):
     llm, tokenizer = load_llm_for_asr(llm_dir)
     model = LlmAsrModel([encoder], llm, tokenizer, LlmAsrConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0,
                                                                 projector_dropout=0.0))
-    mark_trainable(model, select_parameters(model, "regex", selection) if "|" in selection
-                   else select_parameters(model, selection))
+    mark_trainable(model, select_parameters(model, "regex", selection))
     return model
 
 
 def run_llm_asr(exp_dir, model, cache, optimizer=ZO):
-    from speechadapt.models.hf.fixtures import make_tiny_qwen2  # noqa: F401 (the fixture's module)
-
     data = [SpeechBatch(b.inputs, b.input_lens, TEXTS[:2], b.cut_ids, b.durations) for b in batches()]
     config = TrainingConfig(exp_dir=str(exp_dir), num_epochs=1, save_every_n=0, average_period=0,
                             valid_interval=0, tensorboard=False, cache_frozen=cache, save_trainable_only=True)
