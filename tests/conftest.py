@@ -30,3 +30,12 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def trained_mini_ctc(tmp_path_factory):
+    """A Zipformer-CTC trained on the mini corpus, shared by the adaptation tests."""
+    from mini_corpus import train_mini_ctc
+
+    torch.set_num_threads(1)
+    return train_mini_ctc(tmp_path_factory.mktemp("mini_ctc"))

@@ -26,3 +26,25 @@ def write_split(root, split, texts, seed=0):
         supervisions.append(SupervisionSegment(f"{split}-{i}", rec.id, 0.0, rec.duration, text=text))
     cuts = CutSet.from_manifests(RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions))
     return featurise_split(cuts, root / "fbank", split, PREFIX)
+
+
+def data_flags(root):
+    return ["--manifest-dir", str(root / "fbank"), "--cuts-prefix", PREFIX, "--max-duration", "6",
+            "--num-workers", "0", "--num-buckets", "2"]
+
+
+def train_mini_ctc(root):
+    """train / adapt / dev / test splits under ``root`` and a Zipformer-CTC trained one
+    epoch on train in ``root/src`` (the source model of the adaptation tests)."""
+    from speechadapt.bin import train
+    from speechadapt.data.bpe import prepare_lang_bpe
+
+    write_split(root, "train", TEXTS * 2, 0)
+    write_split(root, "adapt", TEXTS, 1)
+    write_split(root, "dev", TEXTS[:3], 2)
+    write_split(root, "test", TEXTS[3:6], 3)
+    prepare_lang_bpe(TEXTS, root / "lang", 30)
+    train.main(["--model", "zipformer_ctc", "--lang-dir", str(root / "lang"), "--exp-dir", str(root / "src"),
+                "--train-split", "train", "--num-epochs", "1", "--regularize", "false", "--enable-spec-aug", "false",
+                "--save-every-n", "0", "--average-period", "0", "--tensorboard", "false", *data_flags(root)])
+    return root

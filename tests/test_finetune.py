@@ -6,31 +6,14 @@ import json
 import pytest
 import torch
 
-from speechadapt.bin import decode, finetune, train
+from speechadapt.bin import decode, finetune
 
-from mini_corpus import PREFIX, TEXTS, write_split  # noqa: E402 (tests/ is on sys.path)
-
-
-def data_flags(root):
-    return ["--manifest-dir", str(root / "fbank"), "--cuts-prefix", PREFIX, "--max-duration", "6",
-            "--num-workers", "0", "--num-buckets", "2"]
+from mini_corpus import TEXTS, data_flags  # noqa: E402 (tests/ is on sys.path)
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    from speechadapt.data.bpe import prepare_lang_bpe
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("ft")
-    write_split(root, "train", TEXTS * 2, 0)
-    write_split(root, "adapt", TEXTS, 1)
-    write_split(root, "dev", TEXTS[:3], 2)
-    write_split(root, "test", TEXTS[3:6], 3)
-    prepare_lang_bpe(TEXTS, root / "lang", 30)
-    train.main(["--model", "zipformer_ctc", "--lang-dir", str(root / "lang"), "--exp-dir", str(root / "src"),
-                "--train-split", "train", "--num-epochs", "1", "--regularize", "false", "--enable-spec-aug", "false",
-                "--save-every-n", "0", "--average-period", "0", "--tensorboard", "false", *data_flags(root)])
-    return root
+def source(trained_mini_ctc):
+    return trained_mini_ctc
 
 
 def run(root, exp, *flags):

@@ -147,6 +147,35 @@ if stage_in 37; then
   stage_end
 fi
 
+# ---- 40-49 test-time adaptation of the Zipformer-CTC (one utterance at a time) --------
+# One conf/tta/<method>.yaml per method; the rate is chosen on target_dev by the profile's
+# grid (exp_dir/grid.jsonl), then source_test and target_test are adapted with it.
+tta_data="$data_flags --test-sets source_test,target_test --tune-set target_dev --results $results"
+tta() {  # tta CONF GRID [FLAGS]: one run of conf/tta/CONF.yaml
+  OMP_NUM_THREADS=1 python -m speechadapt.bin.tta --config conf/tta/$1.yaml $ctc_source $tta_data \
+    --exp-dir $exp_root/tta_ctc/$1 ${2:+--grid "$2"} ${3:-}
+}
+if stage_in 40; then
+  stage_begin 40 "Zipformer-CTC without test-time adaptation (the TTA path, 0 steps)"
+  tta none ""
+  stage_end
+fi
+if stage_in 41; then
+  stage_begin 41 "SUTA, episodic, AdamW on the norms (rate from a target_dev grid)"
+  tta suta "$tta_grid_suta" "$tta_steps"
+  stage_end
+fi
+if stage_in 42; then
+  stage_begin 42 "ZO-TTA, episodic, ZO-ASR q 8 on the norms (rate from a target_dev grid)"
+  tta zo_tta "$tta_grid_zo" "$tta_steps"
+  stage_end
+fi
+if stage_in 43; then
+  stage_begin 43 "continual SUTA, one step per utterance, reset on drift (rate from a target_dev grid)"
+  tta continual_suta "$tta_grid_continual" "$tta_steps"
+  stage_end
+fi
+
 # ---- 90-99 report ------------------------------------------------------------------
 if stage_in 90; then
   stage_begin 90 "RESULTS and plots from results.jsonl"

@@ -27,3 +27,8 @@ ft_steps_zo=4
 ft_steps_zo_q8=2
 # the fast profile's 100-piece BPE lacks some letters of the target text
 ft_max_bad_transcripts=0.2
+# test-time adaptation (stages 40-43): one grid point each, 2 steps
+tta_grid_suta="base_lr=3e-2"
+tta_grid_zo="base_lr=1"
+tta_grid_continual="base_lr=1e-2"
+tta_steps="--steps 2 --decode-at 1"

@@ -32,13 +32,13 @@ import torch
 
 from speechadapt.adapt.finetune import DevEvaluator, FinetuneOptions, lr_scale_function, run_record, select_tuned
 from speechadapt.adapt.objectives import ExpectedWer, supports_expected_wer
+from speechadapt.adapt.source import add_source_arguments, check_source, load_source
 from speechadapt.data.datamodule import AsrDataModule, DataConfig, split_name
 from speechadapt.data.prep_utils import comma_list
 from speechadapt.data.text_check import check_transcripts
 from speechadapt.decoding.results import Stopwatch, decode_dataloader, unseen_subset, write_decode_results
 from speechadapt.models.interface import DecodeOptions
-from speechadapt.models.registry import MODEL_KINDS, get_kind, load_model, read_spec, write_spec
-from speechadapt.training.averaging import WeightSelection
+from speechadapt.models.registry import write_spec
 from speechadapt.training.checkpoint import model_state_dict
 from speechadapt.training.dist import cleanup_dist, launch, setup_dist
 from speechadapt.training.loop import NonFiniteLossError, Trainer
@@ -46,7 +46,7 @@ from speechadapt.training.optim import OptimizerConfig
 from speechadapt.training.options import TrainingConfig
 from speechadapt.training.schedulers import SchedulerConfig
 from speechadapt.training.state import fix_random_seed
-from speechadapt.utils.flags import add_dataclass_arguments, dataclass_from_args, find_flag_value, parse_args
+from speechadapt.utils.flags import add_dataclass_arguments, dataclass_from_args, parse_args
 from speechadapt.utils.io import atomic_save
 from speechadapt.utils.log import setup_logger
 from speechadapt.utils.memory import PeakMemory
@@ -59,36 +59,20 @@ DATA_DEFAULTS = dict(enable_spec_aug=False, drop_last=False)
 
 
 def get_parser(tokens: Sequence[str] = ()) -> argparse.ArgumentParser:
-    kind = find_flag_value(list(tokens), "--model")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source-exp-dir", type=Path, default=None, help="the trained model's experiment directory")
-    p.add_argument("--model", choices=sorted(MODEL_KINDS), default=None,
-                   help="instead of --source-exp-dir: build the source from this kind's files")
+    add_source_arguments(p, tokens)
     p.add_argument("--train-split", required=True, help="adaptation cuts (split name or path)")
     p.add_argument("--valid-split", default="", help="dev cuts decoded every --eval-every updates")
     p.add_argument("--test-sets", type=comma_list, default=[], help="decoded with the best weights at the end")
     p.add_argument("--results", type=Path, default=None, help="default: exp_dir/results.jsonl")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_dataclass_arguments(p, FinetuneOptions, "fine-tuning")
-    add_dataclass_arguments(p, WeightSelection, "source weights (with --source-exp-dir)")
     add_dataclass_arguments(p, TrainingConfig, "training", defaults=TRAINING_DEFAULTS)
     add_dataclass_arguments(p, OptimizerConfig, "optimizer", defaults=OPTIMIZER_DEFAULTS)
     add_dataclass_arguments(p, SchedulerConfig, "learning-rate schedule", defaults=dict(scheduler="constant"))
     add_dataclass_arguments(p, DataConfig, "data", defaults=DATA_DEFAULTS)
     add_dataclass_arguments(p, DecodeOptions, "search")
-    if kind in MODEL_KINDS:
-        add_dataclass_arguments(p, MODEL_KINDS[kind].options(), f"model ({kind})")
     return p
-
-
-def source_model(args, device):
-    if bool(args.source_exp_dir) == bool(args.model):
-        raise ValueError("give the source model: --source-exp-dir D (with --checkpoint / --epoch ...) or --model KIND")
-    if args.source_exp_dir:
-        model, weights = load_model(args.source_exp_dir, dataclass_from_args(WeightSelection, args), device)
-        return model, f"{args.source_exp_dir}:{weights}"
-    kind = get_kind(args.model)
-    return kind.build(dataclass_from_args(kind.options(), args), device), args.model
 
 
 def default_method(args, config: OptimizerConfig, options: FinetuneOptions) -> str:
@@ -126,7 +110,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     options = dataclass_from_args(FinetuneOptions, args)
     decode_opts = dataclass_from_args(DecodeOptions, args)
     fix_random_seed(training.seed)
-    model, source = source_model(args, dist_info.device)
+    model, source = load_source(args, dist_info.device)
     spec = model.spec()
     adapters_only = spec["kind"] == "llm_asr"  # its checkpoints hold the trainable parts (LoRA ...)
     save_keys = list(model_state_dict(model, trainable_only=adapters_only))
@@ -212,11 +196,7 @@ def finish(args, trainer, evaluator, model, save_keys, source, optim, options, d
 def preflight(args: argparse.Namespace) -> None:
     """Fail before spawning anything, with one message, when an input is missing."""
     try:
-        if args.source_exp_dir:
-            read_spec(args.source_exp_dir)
-        elif args.model:
-            kind = get_kind(args.model)
-            kind.check(dataclass_from_args(kind.options(), args))
+        check_source(args)
         AsrDataModule(dataclass_from_args(DataConfig, args)).require(args.train_split, args.valid_split,
                                                                       *args.test_sets)
     except (OSError, ValueError) as e:

@@ -4,9 +4,10 @@
 
 Tables: one per stage family (a record's ``extra["family"]``, else the part of its
 method before the first "/"), rows = (method, model), columns = test sets, the latest
-record of each cell; fine-tuning records (family ``finetune``) get one table per source
-model with their cost (tuned parameters, updates, forward passes, wall time, peak
-memory) and the relative change of each test set's WER against the zero-shot row; then
+record of each cell; fine-tuning and test-time adaptation records (families
+``finetune``, ``tta``) get one table per source model with their cost (tuned
+parameters, updates, forward and backward passes, wall time, peak memory) and the
+relative change of each test set's WER against the zero-shot / no-TTA row; then
 the stage wall times from ``stage_times.tsv``. Plots: WER per family, the training
 curves found in TensorBoard logs under the exp dir, and the dev WER of every
 fine-tuning run (``dev_curve.jsonl``) against forward passes and against wall time.
@@ -37,7 +38,7 @@ def latest_cells(records: List[dict]) -> Dict[str, "OrderedDict[Tuple[str, str],
     for rec in sorted(records, key=lambda r: r.get("timestamp", 0)):
         family = family_of(rec)
         model = rec.get("model", "")
-        if family == "finetune":
+        if family in COST_TABLES:  # a row is the run directory: a rerun replaces it
             model = "/".join(model.split("/")[:2])
         rows = tables.setdefault(family, OrderedDict())
         cells = rows.setdefault((rec["method"], model), {})
@@ -56,11 +57,33 @@ def markdown_table(rows: "OrderedDict[Tuple[str, str], Dict[str, dict]]") -> str
     return "\n".join(out)
 
 
-FINETUNE_COLUMNS = ("tuned params", "updates", "forwards", "backwards", "train s", "peak MB", "train/infer mem")
+def _finetune_cost(e: dict) -> list:
+    return [f"{e.get('tuned_params', 0):,}", e.get("steps", ""), f"{e.get('forwards', 0):,}",
+            f"{e.get('backwards', 0):,}", e.get("train_wall_s", ""), e.get("peak_train_mb") or "",
+            e.get("train_to_infer_memory") or ""]
 
 
-def finetune_tables(rows: "OrderedDict[Tuple[str, str], Dict[str, dict]]") -> List[str]:
-    """One table per source model: cost columns, WER per test set, change vs zero-shot."""
+def _tta_cost(e: dict) -> list:
+    q = e.get("zo_num_queries")
+    return [e.get("mode", ""), e.get("optimizer", "") + (f" q{q}" if q else ""), f"{e.get('tuned_params', 0):,}",
+            e.get("steps_per_utt", ""), f"{e.get('base_lr', 0):g}", f"{e.get('em_coef', 0):g}",
+            f"{e.get('forwards', 0):,}", f"{e.get('backwards', 0):,}", e.get("seconds_per_utt", ""),
+            e.get("adapt_rtf", ""), e.get("peak_mb", ""), e.get("resets", 0),
+            f"{e.get('short', 0)}/{e.get('non_finite', 0)}"]
+
+
+# family -> (cost columns, their values from a record's extra, the baseline method)
+COST_TABLES = {
+    "finetune": (("tuned params", "updates", "forwards", "backwards", "train s", "peak MB", "train/infer mem"),
+                 _finetune_cost, "zero-shot"),
+    "tta": (("mode", "optimizer", "tuned params", "steps/utt", "lr", "em_coef", "forwards", "backwards", "s/utt",
+             "RTF", "peak MB", "resets", "short/non-finite"), _tta_cost, "no-tta"),
+}
+
+
+def cost_tables(rows: "OrderedDict[Tuple[str, str], Dict[str, dict]]", family: str) -> List[str]:
+    """One table per source model: cost columns, WER per test set, change vs the baseline row."""
+    columns, cost_of, baseline = COST_TABLES[family]
     by_source: Dict[str, OrderedDict] = OrderedDict()
     for key, cells in rows.items():
         extra = next(iter(cells.values())).get("extra") or {}
@@ -70,14 +93,11 @@ def finetune_tables(rows: "OrderedDict[Tuple[str, str], Dict[str, dict]]") -> Li
         sets: List[str] = []
         for cells in group.values():
             sets += [t for t in cells if t not in sets]
-        zero = next((cells for (method, _), cells in group.items() if method == "zero-shot"), {})
-        head = ["method", *FINETUNE_COLUMNS, *sets, *[f"{t} vs zero-shot" for t in sets if t in zero]]
+        zero = next((cells for (method, _), cells in group.items() if method == baseline), {})
+        head = ["method", *columns, *sets, *[f"{t} vs {baseline}" for t in sets if t in zero]]
         lines = [f"Source: `{source}`", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for (method, _), cells in group.items():
-            e = next(iter(cells.values())).get("extra") or {}
-            cost = [f"{e.get('tuned_params', 0):,}", e.get("steps", ""), f"{e.get('forwards', 0):,}",
-                    f"{e.get('backwards', 0):,}", e.get("train_wall_s", ""), e.get("peak_train_mb") or "",
-                    e.get("train_to_infer_memory") or ""]
+            cost = cost_of(next(iter(cells.values())).get("extra") or {})
             wers = [f"{cells[t]['wer']:.2f}" if t in cells else "" for t in sets]
             change = [f"{100 * (cells[t]['wer'] - zero[t]['wer']) / zero[t]['wer']:+.1f}%"
                       if t in cells and zero[t]["wer"] else "" for t in sets if t in zero]
@@ -210,7 +230,7 @@ def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir:
         "",
     ]
     for family, rows in tables.items():
-        body = finetune_tables(rows) if family == "finetune" else [markdown_table(rows), ""]
+        body = cost_tables(rows, family) if family in COST_TABLES else [markdown_table(rows), ""]
         lines += [f"## {family}", "", *body]
     times = read_stage_times(stage_times)
     if times:

@@ -1,7 +1,7 @@
 """The batch every model reads, whatever its input: one place that knows the layout."""
 
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import Iterator, List, Sequence
 
 import torch
 
@@ -44,6 +44,13 @@ class SpeechBatch:
         """A copy with the tensors on ``device`` (the rest shared)."""
         return SpeechBatch(self.inputs.to(device), self.input_lens.to(device), self.texts, self.cut_ids,
                            self.durations, self.input_kind, self.cuts)
+
+    def utterances(self) -> Iterator["SpeechBatch"]:
+        """Each utterance alone, as a batch of one without padding (test-time adaptation)."""
+        for i, n in enumerate(self.input_lens.tolist()):
+            yield SpeechBatch(self.inputs[i: i + 1, : int(n)], self.input_lens[i: i + 1], self.texts[i: i + 1],
+                              self.cut_ids[i: i + 1], self.durations[i: i + 1], self.input_kind,
+                              self.cuts[i: i + 1])
 
     @property
     def audio_seconds(self) -> float:

@@ -42,9 +42,13 @@ class ZipformerCtc(CtcAsrMixin, ZipformerBase):
             nn.Dropout(p=0.1), nn.Linear(self.output_dim, vocab_size), nn.LogSoftmax(dim=-1)
         )
 
-    def ctc_logits(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
-        """(N, T, F) features -> (logits (N, T', vocab) before log-softmax, out_lens)."""
-        encoder_out, out_lens = self.encode(x, x_lens)
+    # Fewer fbank frames than this give the front end nothing to convolve.
+    min_input_length = 9
+
+    def ctc_logits(self, x: Tensor, x_lens: Tensor, cache: Optional[dict] = None) -> Tuple[Tensor, Tensor]:
+        """(N, T, F) features -> (logits (N, T', vocab) before log-softmax, out_lens);
+        ``cache``: the frozen bottom runs once per batch (``ZipformerBase.encode``)."""
+        encoder_out, out_lens = self.encode(x, x_lens, cache)
         return self.ctc_output[1](self.ctc_output[0](encoder_out)), out_lens
 
     def forward(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:

@@ -2,7 +2,7 @@
 
 :class:`CtcAsrMixin` implements the model interface (``compute_loss``,
 ``transcribe``) for any module that provides ``forward(x, x_lens) -> (log_probs,
-out_lens)``, ``ctc_logits``, ``blank_id``, ``vocab_size``, ``encode_texts`` and
+out_lens)``, ``ctc_logits(x, x_lens, cache=None)`` (logits before the softmax), ``blank_id``, ``vocab_size``, ``encode_texts`` and
 ``decode_ids``: the Zipformer-CTC (fbank, BPE pieces) and the wav2vec2 / HuBERT
 adapters (waveform, characters) alike.
 """
@@ -74,6 +74,8 @@ def check_targets(targets: Sequence[Sequence[int]], vocab_size: int, blank_id: i
 class CtcAsrMixin(SpeechModelMixin):
     blank_id: int
     vocab_size: int
+    # Shortest input (frames or samples) the encoder turns into at least one output frame.
+    min_input_length: int = 1
 
     def encode_texts(self, texts: Sequence[str]) -> List[List[int]]:
         raise NotImplementedError

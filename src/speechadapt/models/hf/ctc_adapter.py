@@ -77,8 +77,18 @@ class HFCtcAdapter(CtcAsrMixin, nn.Module):
         """Frames the convolutional front end makes from ``x_lens`` samples."""
         return self.model._get_feat_extract_output_lengths(x_lens).long()
 
-    def ctc_logits(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Padded waveforms (N, S) at 16 kHz -> (logits (N, T, C), out_lens (N,))."""
+    @property
+    def min_input_length(self) -> int:
+        """Samples the convolutional front end needs for one output frame (its receptive field)."""
+        length = 1
+        for kernel, stride in reversed(list(zip(self.model.config.conv_kernel, self.model.config.conv_stride))):
+            length = (length - 1) * stride + kernel
+        return length
+
+    def ctc_logits(self, x: torch.Tensor, x_lens: torch.Tensor,
+                   cache: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Padded waveforms (N, S) at 16 kHz -> (logits (N, T, C), out_lens (N,)). ``cache``
+        is accepted for the interface and unused: the front end is trainable in SUTA."""
         self._check(x, x_lens)
         x_lens = x_lens.to(self.device)
         audio = self.normalise_audio(x.to(self.device, torch.float32), x_lens).to(self.dtype)

@@ -411,7 +411,7 @@ class ZipformerBase(nn.Module):
         if cache is not None and "embed" in cache:
             x, x_lens = cache["embed"]
         else:
-            x, x_lens = self.encoder_embed(x, x_lens.to(x.device))
+            x, x_lens = self.encoder_embed(x, x_lens.to(x.device), cache)
             if cache is not None and not any(p.requires_grad for p in self.encoder_embed.parameters()):
                 cache["embed"] = (x, x_lens)
         padding_mask = make_pad_mask(x_lens, max_len=x.shape[1])

@@ -90,8 +90,21 @@ class Conv2dSubsampling(nn.Module):
         # Mask shared over time: a dropped channel is dropped for the whole utterance.
         self.dropout = SharedDropout(dropout, shared_dim=1)
 
-    def forward(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
-        """x: (N, T, F) features, x_lens: (N,) -> ((N, T', D), (N,))."""
+    def forward(self, x: Tensor, x_lens: Tensor, cache: Optional[dict] = None) -> Tuple[Tensor, Tensor]:
+        """x: (N, T, F) features, x_lens: (N,) -> ((N, T', D), (N,)).
+
+        ``cache`` (one batch, eval mode): when only ``out_norm`` is trainable (SUTA's norms),
+        the convolutions and the projection before it run once and are reused."""
+        if cache is not None and "embed_pre_norm" in cache:
+            x, out_lens = cache["embed_pre_norm"]
+            return self.dropout(self.out_norm(x)), out_lens
+        x, out_lens = self._project(x, x_lens)
+        if cache is not None and not any(p.requires_grad for m in (self.conv, self.convnext, self.out)
+                                         for p in m.parameters()):
+            cache["embed_pre_norm"] = (x, out_lens)
+        return self.dropout(self.out_norm(x)), out_lens
+
+    def _project(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
         if x.ndim != 3 or x.shape[-1] != self.in_channels:
             raise ValueError(
                 f"expected features of shape (N, T, {self.in_channels}), got {tuple(x.shape)}"
@@ -108,5 +121,4 @@ class Conv2dSubsampling(nn.Module):
         x = self.convnext(x)
         n, c, t, f = x.shape
         x = x.transpose(1, 2).reshape(n, t, c * f)
-        x = self.dropout(self.out_norm(self.out(x)))
-        return x, out_lens
+        return self.out(x), out_lens

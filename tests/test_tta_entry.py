@@ -1,0 +1,56 @@
+"""The TTA entry point end to end on the mini corpus: a grid on a tuning set, the test
+sets adapted with the chosen settings, recorded like a decode (recogs, errs, results.jsonl
+with the cost), the report's TTA table, and bad input refused with one message."""
+
+import json
+
+import pytest
+
+from speechadapt.bin import report, tta
+
+from mini_corpus import data_flags  # noqa: E402 (tests/ is on sys.path)
+
+
+def run(root, exp, *flags):
+    """The records this run appended to the shared results file (exp's parent)."""
+    results = exp.parent / "results.jsonl"
+    before = len(results.read_text().splitlines()) if results.exists() else 0
+    tta.main(["--source-exp-dir", str(root / "src"), "--epoch", "1", "--exp-dir", str(exp),
+              "--test-sets", "dev,test", *data_flags(root), "--results", str(results), *flags])
+    return [json.loads(line) for line in results.read_text().splitlines()][before:]
+
+
+def test_grid_then_tests_recorded_with_cost_and_reported(trained_mini_ctc, tmp_path):
+    root = trained_mini_ctc
+    none = run(root, tmp_path / "none", "--steps", "0")
+    assert [r["method"] for r in none] == ["no-tta", "no-tta"] and none[0]["extra"]["steps"] == 0
+    records = run(root, tmp_path / "suta", "--steps", "2", "--base-lr", "1e-2", "--tune-set", "adapt",
+                  "--grid", "base_lr=1e-3,3e-2;em_coef=0.3,1", "--decode-at", "1")
+    grid = [json.loads(line) for line in (tmp_path / "suta" / "grid.jsonl").read_text().splitlines()]
+    assert [(g["base_lr"], g["em_coef"]) for g in grid] == [(1e-3, 0.3), (1e-3, 1.0), (3e-2, 0.3), (3e-2, 1.0)]
+    best = min(grid, key=lambda g: g["wer"])  # ties: the first, as min does
+    extra = records[0]["extra"]
+    assert (extra["base_lr"], extra["em_coef"]) == (best["base_lr"], best["em_coef"])
+    assert records[0]["method"] == "suta" and extra["family"] == "tta" and extra["mode"] == "episodic"
+    n = records[0]["extra"]["num_utterances"]
+    assert extra["utterances"] == n == 3 and extra["steps"] == 2 * n and extra["backwards"] == 2 * n
+    assert extra["tuned_params"] > 0 and extra["seconds_per_utt"] > 0 and extra["adapt_rtf"] > 0
+    assert extra["peak_mb"] > 0 and set(extra["wer_at_steps"]) == {"1"}
+    key = f"tta-adamw-s2-lr{best['base_lr']:g}-em{best['em_coef']:g}"
+    assert (tmp_path / "suta" / "decode" / f"errs-test-{key}.txt").is_file()
+    log = [json.loads(line) for line in (tmp_path / "suta" / "tta" / f"test-{key}.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(entry["status"] == "adapted" and entry["steps"] == 2 for entry in log)
+    text = report.render(tmp_path, tmp_path / "results.jsonl", tmp_path / "none.tsv", tmp_path / "R.md",
+                         tmp_path / "plots", "t")
+    assert "## tta" in text and "test vs no-tta" in text and "| suta | episodic | adamw |" in text
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--grid", "base_lr=1e-3"], "--grid needs --tune-set"),
+    (["--tune-set", "adapt", "--grid", "optimizer=sgd"], "--grid item"),
+    (["--test-sets", "missing"], "missing"),
+])
+def test_bad_input_is_refused_with_one_message(trained_mini_ctc, tmp_path, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run(trained_mini_ctc, tmp_path / "bad", *flags)
+    assert message in str(exit_info.value) and not (tmp_path / "bad").exists()
