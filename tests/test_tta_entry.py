@@ -5,6 +5,7 @@ with the cost), the report's TTA table, and bad input refused with one message."
 import json
 
 import pytest
+import torch
 
 from speechadapt.bin import report, tta
 
@@ -54,3 +55,27 @@ def test_bad_input_is_refused_with_one_message(trained_mini_ctc, tmp_path, flags
     with pytest.raises(SystemExit) as exit_info:
         run(trained_mini_ctc, tmp_path / "bad", *flags)
     assert message in str(exit_info.value) and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("kind", ["wav2vec2", "hubert"])
+def test_hugging_face_ctc_models_adapt_their_norms_and_front_end(trained_mini_ctc, tmp_path, kind):
+    from speechadapt.adapt.tta import tta_parameters
+    from speechadapt.models.hf.fixtures import make_tiny_ctc
+    from speechadapt.models.hf.loading import load_hf_ctc
+
+    model_dir = make_tiny_ctc(tmp_path / kind, kind)
+    model = load_hf_ctc(model_dir)
+    names = [n for n, _ in tta_parameters(model)]
+    front = [n for n in names if ".feature_extractor." in n or ".feature_projection." in n]
+    assert front and len(front) == sum(1 for n, _ in model.named_parameters()
+                                       if ".feature_extractor." in n or ".feature_projection." in n)
+    assert all("norm" in n.lower() for n in names if n not in front)  # the rest: LayerNorm / GroupNorm only
+    shortest = model.min_input_length  # the receptive field: one frame out, one sample fewer gives none
+    assert model.output_lengths(torch.tensor([shortest - 1, shortest])).tolist() == [0, 1]
+    results = tmp_path / "results.jsonl"
+    tta.main(["--model", "hf_ctc", "--model-dir", str(model_dir), "--exp-dir", str(tmp_path / "run"),
+              "--test-sets", "test", *data_flags(trained_mini_ctc), "--results", str(results), "--steps", "2"])
+    record = json.loads(results.read_text().splitlines()[0])
+    assert record["extra"]["steps"] == 2 * 3 and record["extra"]["tuned_params"] == sum(
+        p.numel() for _, p in tta_parameters(model))
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["kind"] == "hf_ctc"
