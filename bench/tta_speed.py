@@ -22,15 +22,20 @@ Prints one JSON object and a table.
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 
 import torch
 
-from speechadapt.adapt.tta import TestTimeAdapter, TtaOptions, suta_loss, tta_parameters
-from speechadapt.data.batch import SpeechBatch
-from speechadapt.training.optim import OptimizerConfig
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from zo_speed import timed  # noqa: E402  (one timer for the benchmarks)
+
+from speechadapt.adapt.tta import TestTimeAdapter, TtaOptions, suta_loss, tta_parameters  # noqa: E402
+from speechadapt.data.batch import SpeechBatch  # noqa: E402
+from speechadapt.training.optim import OptimizerConfig  # noqa: E402
 
 MODELS = ("zipformer-ctc", "wav2vec2-tiny", "wav2vec2-base-shapes")
 WAV2VEC2_BASE_SHAPES = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
@@ -68,16 +73,6 @@ def build(name: str, seconds: float, device: str):
         batch = SpeechBatch(0.1 * torch.randn(1, samples), torch.tensor([samples]), [""], ["u"], [seconds],
                             input_kind="waveform")
     return model.to(device).eval(), batch.to(device)
-
-
-def timed(fn, clock) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = clock()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return clock() - start
 
 
 def measure(args, name: str) -> dict:

@@ -239,12 +239,7 @@ class TestTimeAdapter:
     def _decode_unadapted(self, batch) -> str:
         """The source's transcript (restoring first); "" when the encoder cannot run on it."""
         self.restore()
-        try:
-            text, finite = self._decode(batch)
-        except ValueError as e:
-            logging.warning(f"{batch.cut_ids[0]}: cannot be decoded ({e}); scored as an empty hypothesis")
-            return ""
-        return text if finite else ""
+        return self._decode_as_is(batch)
 
     def adapt_and_decode(self, batch) -> Tuple[str, UtteranceLog]:
         """Adapt on one utterance (a batch of one) and decode it."""
@@ -279,6 +274,7 @@ class TestTimeAdapter:
         return text, self._finish(log, start)
 
     def _decode_as_is(self, batch) -> str:
+        """The transcript with the current weights; "" when the encoder cannot run on it."""
         try:
             text, finite = self._decode(batch)
         except ValueError as e:
