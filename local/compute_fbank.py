@@ -30,6 +30,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", type=comma_list, required=True, help="comma-separated split names")
     parser.add_argument("--speed-perturb", type=str2bool, default=False,
                         help="add 0.9/1.1 speed-perturbed copies (use for training splits)")
+    parser.add_argument("--no-features", type=str2bool, default=False,
+                        help="write the (speed-perturbed) cuts without features: train with --on-the-fly-feats true")
     parser.add_argument("--num-jobs", type=int, default=1)
     parser.add_argument("--force", action="store_true")
     return parser
@@ -45,17 +47,18 @@ def main(argv=None) -> None:
         if not source.is_file():
             raise FileNotFoundError(f"{source} does not exist: run the manifest stage first")
         settings = {"split": split, "source": file_stamp(source), "speed_perturb": args.speed_perturb,
-                    "mel_bins": 80}
+                    "mel_bins": 80, "no_features": args.no_features}
         marker = f"fbank-{args.prefix}-{split}"
         if is_done(args.fbank_dir, marker, settings) and not args.force:
             print(f"{split}: fbank up to date")
             continue
         t0 = time.time()
         cuts = featurise_split(open_manifest(source, lazy=False), args.fbank_dir, split, args.prefix, args.num_jobs,
-                               args.speed_perturb)
+                               args.speed_perturb, store=not args.no_features)
         mark_done(args.fbank_dir, marker, settings)
         hours = sum(c.duration for c in cuts) / 3600
-        print(f"{split}: {len(cuts)} cuts, {hours:.3f} h of fbank in {time.time() - t0:.1f} s")
+        what = "cuts for on-the-fly fbank" if args.no_features else "of fbank"
+        print(f"{split}: {len(cuts)} cuts, {hours:.3f} h {what} in {time.time() - t0:.1f} s")
     print(f"fbank: done in {time.time() - start:.1f} s")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from speechadapt.data.bpe import prepare_lang_bpe
 from speechadapt.data.manifests import manifest_paths, open_manifest
-from speechadapt.data.prep_utils import file_stamp, is_done, mark_done, setup_stage_logging
+from speechadapt.data.prep_utils import comma_list, file_stamp, is_done, mark_done, setup_stage_logging
 from speechadapt.utils.flags import parse_args
 
 
@@ -25,7 +25,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest-dir", default="data/manifests")
     parser.add_argument("--prefix", required=True, help="corpus name in the manifest file names")
-    parser.add_argument("--train-split", required=True, help="the split whose text trains the model")
+    parser.add_argument("--train-split", type=comma_list, required=True,
+                        help="the split(s) whose text trains the model (comma-separated)")
     parser.add_argument("--lang-dir", required=True)
     parser.add_argument("--vocab-size", type=int, required=True)
     parser.add_argument("--model-type", default="unigram", choices=("unigram", "bpe"))
@@ -37,15 +38,16 @@ def main(argv=None) -> None:
     setup_stage_logging()
     args = parse_args(get_parser(), argv, entry_point="train_bpe")
     start = time.time()
-    source = manifest_paths(args.manifest_dir, args.train_split, args.prefix)["supervisions"]
-    if not source.is_file():
-        raise FileNotFoundError(f"{source} does not exist: run the manifest stage first")
-    settings = {"source": file_stamp(source),
+    sources = [manifest_paths(args.manifest_dir, split, args.prefix)["supervisions"] for split in args.train_split]
+    for source in sources:
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} does not exist: run the manifest stage first")
+    settings = {"source": [file_stamp(source) for source in sources],
                 "vocab_size": args.vocab_size, "model_type": args.model_type}
     if is_done(args.lang_dir, "bpe", settings) and not args.force:
         print(f"{args.lang_dir}: bpe model up to date")
         return
-    texts = [s.text for s in open_manifest(source)]
+    texts = [s.text for source in sources for s in open_manifest(source)]
     model = prepare_lang_bpe(texts, args.lang_dir, args.vocab_size, args.model_type)
     mark_done(args.lang_dir, "bpe", settings)
     print(f"bpe: {model} ({args.vocab_size} pieces, {args.model_type}) from {len(texts)} "

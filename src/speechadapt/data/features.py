@@ -97,10 +97,16 @@ def check_all_featurised(wanted, cuts: CutSet, split: str) -> None:
 
 
 def featurise_split(cuts: CutSet, fbank_dir, split: str, prefix: str, num_jobs: int = 1,
-                    speed_perturb: bool = False) -> CutSet:
-    """Fbank of one split (optionally speed-perturbed), checked and written; returns the cuts."""
+                    speed_perturb: bool = False, store: bool = True) -> CutSet:
+    """Fbank of one split (optionally speed-perturbed), checked and written; returns the cuts.
+    ``store=False``: the cuts only, for fbank computed on the fly while training."""
     if speed_perturb:
         cuts = add_speed_perturbation(cuts)
+    if not store:
+        out = fbank_cuts_path(fbank_dir, split, prefix)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cuts.to_file(out)
+        return cuts
     wanted = [c.id for c in cuts]
     cuts = compute_fbank(cuts, fbank_storage_path(fbank_dir, split, prefix), num_jobs)
     check_all_featurised(wanted, cuts, split)

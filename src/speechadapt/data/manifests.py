@@ -4,9 +4,9 @@ Bad input is handled here, once, before anything is trained on it:
 - an unreadable, corrupt or truncated audio file is an :class:`AudioFileError` naming it;
 - audio at another sample rate is resampled (lazily, by lhotse) or rejected;
 - an utterance with an empty transcript is logged and skipped.
-Every cut carries custom fields ``domain``, ``voice``, ``split``, ``seen_in_train``,
-``noise_type`` and ``snr_db`` (reachable as ``cut.domain`` etc.), so scoring can
-report WER on unseen sentences and per voice.
+Every cut carries the custom fields its rows have (``domain``, ``voice``, ``split``,
+``seen_in_train``, ``noise_type``, ``snr_db``; LibriSpeech: ``chapter``, ``gender``),
+reachable as ``cut.domain`` etc., so scoring can report WER on unseen sentences and per voice.
 """
 
 import logging
@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 CUT_FIELDS = ("domain", "voice", "split", "seen_in_train", "noise_type", "snr_db")
+EXTRA_FIELDS = ("chapter", "gender")  # read corpora (LibriSpeech)
 
 
 class AudioFileError(ValueError):
@@ -138,7 +139,7 @@ def rows_to_manifests(rows: Iterable[dict], on_wrong_rate: str = "resample"
             continue
         recording = load_recording(row["audio"], row["id"], on_wrong_rate)
         recordings.append(recording)
-        custom = {k: row.get(k) for k in CUT_FIELDS if k in row}
+        custom = {k: row.get(k) for k in CUT_FIELDS + EXTRA_FIELDS if k in row}
         supervisions.append(SupervisionSegment(
             id=row["id"], recording_id=row["id"], start=0.0, duration=recording.duration,
             channel=0, text=text, speaker=row.get("voice"), language="en", custom=custom))

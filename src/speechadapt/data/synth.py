@@ -169,29 +169,44 @@ def verify_voices(names: Sequence[str]) -> None:
         pool.apply(check_voices, (list(names),))
 
 
+def synthesise_files(groups: Sequence[Sequence[Tuple[str, str, dict]]], chunk_size: int, num_jobs: int,
+                     seed: int = 0) -> Dict[str, int]:
+    """Write ``(path, text, voice settings)`` items (16 kHz, 16 bit; the format follows the
+    suffix: .wav, .flac) in fresh espeak worker processes; path -> number of samples. Each
+    group (a split) is cut into chunks of its own, and chunk k is seeded ``seed * 100003 + k``,
+    so a corpus is reproduced exactly."""
+    tasks = []
+    for items in groups:
+        for start in range(0, len(items), chunk_size):
+            tasks.append((seed * 100003 + len(tasks), list(items[start:start + chunk_size])))
+    for items in groups:
+        for path, _, _ in items:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    written: Dict[str, int] = {}
+    with _fresh_process_pool(num_jobs) as pool, tqdm(total=sum(len(t[1]) for t in tasks), desc="synthesise",
+                                                      disable=progress_disabled()) as bar:
+        for done in pool.imap_unordered(_synthesise_chunk, tasks):
+            written.update(done)
+            bar.update(len(done))
+    return written
+
+
 def synthesise(plan: Dict[str, List[dict]], audio_dir: Path, chunk_size: int, num_jobs: int,
                seed: int = 0) -> None:
     """Write the clean audio of every planned utterance; adds audio/num_samples to rows."""
-    tasks, rows_by_path = [], {}
+    groups, rows_by_path = [], {}
     for rows in plan.values():
-        for start in range(0, len(rows), chunk_size):
-            chunk = []
-            for row in rows[start:start + chunk_size]:
-                path = _clean_path(audio_dir, row)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                settings = {"voice": row["voice"], "rate": row["rate"], "pitch": row["pitch"],
-                            "pitch_range": row["pitch_range"]}
-                chunk.append((str(path), row["text"], settings))
-                rows_by_path[str(path)] = row
-            tasks.append((seed * 100003 + len(tasks), chunk))
-    total = sum(len(t[1]) for t in tasks)
-    with _fresh_process_pool(num_jobs) as pool, tqdm(total=total, desc="synthesise",
-                                                      disable=progress_disabled()) as bar:
-        for done in pool.imap_unordered(_synthesise_chunk, tasks):
-            for path, num_samples in done:
-                rows_by_path[path]["num_samples"] = num_samples
-                rows_by_path[path]["clean_audio"] = path
-            bar.update(len(done))
+        items = []
+        for row in rows:
+            path = str(_clean_path(audio_dir, row))
+            settings = {"voice": row["voice"], "rate": row["rate"], "pitch": row["pitch"],
+                        "pitch_range": row["pitch_range"]}
+            items.append((path, row["text"], settings))
+            rows_by_path[path] = row
+        groups.append(items)
+    for path, num_samples in synthesise_files(groups, chunk_size, num_jobs, seed).items():
+        rows_by_path[path]["num_samples"] = num_samples
+        rows_by_path[path]["clean_audio"] = path
 
 
 # ---- 3. target noise, mixed once ------------------------------------------------------

@@ -31,6 +31,18 @@ class BpeTokenizer:
         self.model_file = str(path)
         self.sp = spm.SentencePieceProcessor(model_file=self.model_file)
         self._spellable: dict = {}
+        self.upper_case = self._pieces_are_upper_case()
+
+    def _pieces_are_upper_case(self) -> bool:
+        """icefall's LibriSpeech models are trained on upper-case text, ours on lower case:
+        the case most of the pieces' letters have."""
+        pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
+        upper = sum(sum(ch.isupper() for ch in p) for p in pieces)
+        lower = sum(sum(ch.islower() for ch in p) for p in pieces)
+        return upper > lower
+
+    def _case(self, text: str) -> str:
+        return text.upper() if self.upper_case else text.lower()
 
     @classmethod
     def from_lang_dir(cls, lang_dir) -> "BpeTokenizer":
@@ -41,9 +53,9 @@ class BpeTokenizer:
         return self.sp.get_piece_size()
 
     def encode(self, texts: Sequence[str]) -> List[List[int]]:
-        """Lower-cased (the BPE model is trained on lower-cased text); a transcript that
-        encodes to nothing is an error."""
-        ids = self.sp.encode([t.lower() for t in texts], out_type=int)
+        """In the case of the model's pieces (lower case for ours, upper for icefall's); a
+        transcript that encodes to nothing is an error."""
+        ids = self.sp.encode([self._case(t) for t in texts], out_type=int)
         empty = [t for t, i in zip(texts, ids) if not i]
         if empty:
             raise ValueError(f"{len(empty)} transcripts encode to no tokens, e.g. {empty[:2]!r}")
@@ -53,9 +65,9 @@ class BpeTokenizer:
         return self.sp.decode(list(ids))
 
     def unknown_characters(self, text: str) -> set:
-        """Characters that encode to ``<unk>`` (the model was trained on lower-cased text)."""
+        """Characters that encode to ``<unk>`` (in the model's case)."""
         unknown = set()
-        for char in set(text.lower()) - {" "}:
+        for char in set(self._case(text)) - {" "}:
             if char not in self._spellable:
                 self._spellable[char] = self.sp.unk_id() not in self.sp.encode(char)
             if not self._spellable[char]:

@@ -37,6 +37,12 @@ class LlmAsrOptions(LlmAsrConfig):
         return config_from_dict(LlmAsrConfig, {k: v for k, v in vars(self).items() if k in names})
 
 
+def missing_encoder_message(missing: List[str]) -> str:
+    return (f"--encoder-ckpt file(s) not found: {', '.join(missing) or '(none given)'} (a Zipformer trained "
+            f"here, e.g. exp/ctc/epoch-E-avg-A.pt, or icefall's published exp/pretrained.pt of a Zipformer "
+            f"model: the recipe's README says which and where)")
+
+
 def load_llm_for_asr(llm_dir: PathLike, device="cpu", dtype=None):
     """(llm, tokenizer) from a local Hugging Face directory, speech tokens added.
 
@@ -102,8 +108,7 @@ def build_llm_asr_model(options: LlmAsrOptions, device="cpu") -> LlmAsrModel:
     llm_dir = check_model_dir(options.llm_dir, "qwen2").resolve()
     missing = [str(p) for p in options.encoder_ckpt if not Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"--encoder-ckpt file(s) not found: {', '.join(missing)} (train the "
-                                f"Zipformer-CTC first and average it, e.g. exp/ctc/epoch-E-avg-A.pt)")
+        raise FileNotFoundError(missing_encoder_message(missing))
     ckpts = [Path(p).resolve() for p in options.encoder_ckpt]
     llm, tokenizer = load_llm_for_asr(llm_dir, device=device, dtype=options.llm_dtype)
     encoders = [load_frozen_encoder(p, preset, device, options.encoder_pad_invariant)

@@ -131,12 +131,12 @@ def _check_zipformer_ctc(options: ZipformerCtcOptions) -> None:
 
 def _check_llm_asr(options) -> None:
     from speechadapt.models.hf.loading import check_model_dir
+    from speechadapt.models.llm_asr_build import missing_encoder_message
 
     check_model_dir(options.llm_dir, "qwen2")
     missing = [str(p) for p in options.encoder_ckpt if not Path(p).is_file()]
     if missing or not options.encoder_ckpt:
-        raise FileNotFoundError(f"--encoder-ckpt file(s) not found: {', '.join(missing) or '(none given)'} "
-                                f"(train the Zipformer-CTC first and average it, e.g. exp/ctc/epoch-E-avg-A.pt)")
+        raise FileNotFoundError(missing_encoder_message(missing))
 
 
 def _check_hf_dir(kind: str):

@@ -46,6 +46,10 @@ def atomic_write_text(text: str, path: PathLike) -> Path:
     return _atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def atomic_write_bytes(data: bytes, path: PathLike) -> Path:
+    return _atomic(path, lambda f: f.write(data))
+
+
 def file_fingerprint(path: PathLike, window: int = 1 << 20) -> str:
     """A cheap identity of a (possibly multi-GB) file: its size and a SHA-256 of its
     first and last ``window`` bytes. Retraining a model and saving it again changes it."""
