@@ -175,6 +175,11 @@ if stage_in 43; then
   tta continual_suta "$tta_grid_continual" "$tta_steps"
   stage_end
 fi
+if stage_in 44; then
+  stage_begin 44 "SUTA with a source guard: rate and steps from target_dev, source_dev within 5%"
+  tta suta_guarded "$tta_grid_guarded" "$tta_steps"
+  stage_end
+fi
 
 # ---- 90-99 report ------------------------------------------------------------------
 if stage_in 90; then

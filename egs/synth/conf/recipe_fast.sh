@@ -30,5 +30,6 @@ ft_max_bad_transcripts=0.2
 # test-time adaptation (stages 40-43): one grid point each, 2 steps
 tta_grid_suta="base_lr=3e-2"
 tta_grid_zo="base_lr=1"
+tta_grid_guarded="base_lr=3e-2"
 tta_grid_continual="base_lr=1e-2"
 tta_steps="--steps 2 --decode-at 1"

@@ -11,8 +11,11 @@
 Every utterance is adapted alone (``--mode episodic``: from the source each time;
 ``--mode continual``: the weights carry over, with reset rules) and decoded greedily.
 With ``--tune-set`` and ``--grid`` (``key=v1,v2;key2=...`` over the TTA and optimiser
-flags) every combination is run on the tuning set first (``exp_dir/grid.jsonl``) and
-the test sets use the one with the lowest WER (ties: the first). Writes
+flags) every combination is run on the tuning set first (``exp_dir/grid.jsonl``, with the
+WER after each ``--decode-at`` step count) and the test sets use the settings and step
+count with the lowest WER (ties: the first, the fewer steps); with ``--guard-set
+source_dev`` only those whose guard WER stays within ``--guard-tolerance`` (5%) of the
+source model's qualify. Writes
 ``exp_dir/decode/{recogs,errs,wer-summary}-SET-KEY.txt``, one adaptation log line per
 utterance (``exp_dir/tta/SET-KEY.jsonl``: steps, losses, resets, wall time) and one
 results.jsonl record per set with the cost (updates, forward/backward passes, seconds
@@ -61,6 +64,9 @@ def get_parser(tokens=()) -> argparse.ArgumentParser:
     p.add_argument("--test-sets", type=comma_list, required=True, help="split names or paths")
     p.add_argument("--tune-set", default="", help="split the --grid is evaluated on (e.g. target_dev)")
     p.add_argument("--grid", default="", help="key=v1,v2;key2=... over TTA and optimiser flags (with --tune-set)")
+    p.add_argument("--guard-set", default="", help="a split the chosen settings must not hurt (e.g. source_dev)")
+    p.add_argument("--guard-tolerance", type=float, default=0.05,
+                   help="relative WER rise allowed on --guard-set against the source model")
     p.add_argument("--results", type=Path, default=None, help="default: exp_dir/results.jsonl")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -165,10 +171,13 @@ def main(argv=None) -> Dict[str, float]:
     args = parse_args(get_parser, argv, entry_point="tta")
     try:
         check_source(args)
-        AsrDataModule(dataclass_from_args(DataConfig, args)).require(*args.test_sets, *filter(None, [args.tune_set]))
+        AsrDataModule(dataclass_from_args(DataConfig, args)).require(
+            *args.test_sets, *filter(None, [args.tune_set, args.guard_set]))
         grid = parse_grid(args.grid) if args.grid else []
         if grid and not args.tune_set:
             raise ValueError("--grid needs --tune-set (the split the combinations are compared on)")
+        if args.guard_set and not grid:
+            raise ValueError("--guard-set constrains the --grid choice: give --grid and --tune-set")
     except (OSError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     setup_logger(args.exp_dir, "tta")
@@ -200,23 +209,50 @@ def main(argv=None) -> Dict[str, float]:
     return wers
 
 
+def set_curve(model, tuned, optim, options, cuts, data, desc: str) -> Tuple[Dict[int, float], float, int]:
+    """WER of a set after each ``--decode-at`` step count and after ``--steps``; seconds; non-finite count."""
+    results, _, adapter, _, _ = adapt_set(model, tuned, optim, options, cuts, data, desc)
+    curve = {int(s): w for s, w in curve_wers(adapter, results).items()}
+    curve[options.steps] = round(compute_wer(results), 4)
+    return curve, adapter.summary()["adapt_wall_s"], adapter.counts["non_finite"]
+
+
 def tune(args, model, tuned, options, optim, grid, data):
-    """Run every grid point on the tuning set; the settings with the lowest WER."""
-    cuts = data.load_cuts(args.tune_set)
-    rows, best = [], None
+    """Every grid point on the tuning set (and on the guard set): the settings and step count
+    (``--steps`` or a ``--decode-at`` point) with the lowest tuning WER among those whose guard
+    WER stays within ``--guard-tolerance`` (relative) of the source's; ties: the earlier point,
+    the fewer steps."""
+    tune_cuts, name = data.load_cuts(args.tune_set), split_name(args.tune_set)
+    guard_cuts = data.load_cuts(args.guard_set) if args.guard_set else None
+    guard_base = guard_limit = None
+    if guard_cuts is not None:
+        source_only = dataclasses.replace(options, steps=0, decode_at="")
+        guard_base = set_curve(model, tuned, optim, source_only, guard_cuts, data, "guard set, no TTA")[0][0]
+        guard_limit = guard_base * (1 + args.guard_tolerance)
+        logging.info(f"guard {split_name(args.guard_set)}: source WER {guard_base:.2f}%, limit {guard_limit:.2f}%")
+    rows, candidates = [], []
     for i, point in enumerate(grid):
         opts, opt = with_settings(options, optim, point)
-        results, _, adapter, _, _ = adapt_set(model, tuned, opt, opts, cuts, data,
-                                              f"grid {i + 1}/{len(grid)} on {split_name(args.tune_set)}")
-        wer = compute_wer(results)
-        rows.append(dict(point, wer=round(wer, 4), seconds=adapter.summary()["adapt_wall_s"],
-                         non_finite=adapter.counts["non_finite"]))
-        logging.info(f"grid {point}: {split_name(args.tune_set)} WER {wer:.2f}%")
-        if best is None or wer < best[0]:
-            best = (wer, opts, opt, point)
+        curve, seconds, bad = set_curve(model, tuned, opt, opts, tune_cuts, data, f"grid {i + 1}/{len(grid)} on {name}")
+        guard = {} if guard_cuts is None else set_curve(model, tuned, opt, opts, guard_cuts, data,
+                                                        f"grid {i + 1}/{len(grid)} on the guard set")[0]
+        rows.append(dict(point, wer=curve[opts.steps], wer_at_steps=curve, guard_wer_at_steps=guard, seconds=seconds,
+                         non_finite=bad))
         write_log(args.exp_dir / "grid.jsonl", rows)
-    logging.info(f"chosen on {split_name(args.tune_set)}: {best[3]} (WER {best[0]:.2f}%)")
-    return best[1], best[2], best[3]
+        logging.info(f"grid {point}: {name} WER by steps {curve}" + (f", guard {guard}" if guard else ""))
+        for steps, wer in curve.items():
+            breaks_guard = guard_limit is not None and guard[steps] > guard_limit + 1e-9
+            candidates.append((breaks_guard, wer, i, steps))
+    breaks_guard, wer, i, steps = min(candidates)
+    if breaks_guard:
+        logging.warning(f"no grid setting keeps {split_name(args.guard_set)} within {guard_limit:.2f}%: "
+                        f"the lowest {name} WER is taken regardless")
+    opts, opt = with_settings(options, optim, grid[i])
+    opts = dataclasses.replace(opts, steps=steps, decode_at=",".join(str(s) for s in opts.decode_points() if s < steps))
+    chosen = dict(grid[i], steps=steps, tune_wer=wer, guard_base=guard_base, guard_limit=guard_limit,
+                  guard_met=None if guard_limit is None else not breaks_guard)
+    logging.info(f"chosen on {name}: {chosen}")
+    return opts, opt, chosen
 
 
 def write_log(path: Path, rows: List[dict]) -> None:
