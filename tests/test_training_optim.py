@@ -98,3 +98,52 @@ def test_scaled_adam_fits_a_regression_and_saves_state():
         build_optimizer([("w", torch.nn.Parameter(torch.zeros(1), requires_grad=False))], OptimizerConfig())
     with pytest.raises(ValueError, match="no weight decay"):
         build_optimizer(model.named_parameters(), OptimizerConfig(weight_decay=0.1))
+
+
+def _regression(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Linear(4, 1)
+    batches = [(torch.randn(6, 4, generator=g), torch.randn(6, 1, generator=g)) for _ in range(4)]
+    return model, batches
+
+
+def _loss_fn(model, batch):
+    x, y = batch
+    return lambda grad_enabled=True: ((model(x) - y) ** 2).mean()
+
+
+def test_accumulated_gradients_make_one_update_on_their_mean_and_resume_exactly():
+    torch.manual_seed(0)
+    model, batches = _regression()
+    reference = torch.nn.Linear(4, 1)
+    reference.load_state_dict(model.state_dict())
+    config = OptimizerConfig(optimizer="adamw", base_lr=1e-2, accum_grad=2)
+    opt = build_optimizer(model.named_parameters(), config)
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, weight_decay=0.0)
+    for pair in (batches[:2], batches[2:]):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step(_loss_fn(model, pair[0]))
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no update yet
+        opt.step(_loss_fn(model, pair[1]))
+        ref_opt.zero_grad()
+        ((_loss_fn(reference, pair[0])() + _loss_fn(reference, pair[1])()) / 2).backward()
+        ref_opt.step()
+        assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(model.parameters(), reference.parameters()))
+    assert opt.num_steps == 2 and opt.num_backwards == 4
+    # a checkpoint between the two batches of an update keeps their gradients: resuming from it
+    # gives the same update as going on
+    import copy
+
+    resumed, _ = _regression()
+    resumed.load_state_dict(model.state_dict())
+    opt.step(_loss_fn(model, batches[0]))
+    state = copy.deepcopy(opt.state_dict())
+    assert state["first_order"]["accumulated"] == 1 and state["first_order"]["grads"][0] is not None
+    opt.step(_loss_fn(model, batches[1]))
+    again = build_optimizer(resumed.named_parameters(), config)
+    again.load_state_dict(state)
+    again.step(_loss_fn(resumed, batches[1]))
+    assert again.num_steps == opt.num_steps == 3
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
+    with pytest.raises(ValueError, match="first-order"):
+        OptimizerConfig(optimizer="mezo", accum_grad=2).validate()

@@ -60,6 +60,8 @@ class OptimizerConfig:
     lozo_interval: int = field(default=50, metadata={"help": "LOZO: steps between new V (nu)"})
     zo_batched_queries: bool = field(default=False, metadata={
         "help": "evaluate the 2q perturbed copies of a small tuned set in one vectorised forward"})
+    accum_grad: int = field(default=1, metadata={
+        "help": "first-order: one update per N batches, on the mean of their (normalised) gradients"})
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZER_NAMES:
@@ -70,6 +72,11 @@ class OptimizerConfig:
             raise ValueError(f"--zo-eps must be > 0, got {self.zo_eps}")
         if self.zo_num_queries is not None and self.zo_num_queries < 1:
             raise ValueError(f"--zo-num-queries must be >= 1, got {self.zo_num_queries}")
+        if self.accum_grad < 1:
+            raise ValueError(f"--accum-grad must be >= 1, got {self.accum_grad}")
+        if self.accum_grad > 1 and self.zeroth_order:
+            raise ValueError("--accum-grad is for first-order optimisers (a zeroth-order step has no gradient "
+                             "to accumulate: raise --zo-num-queries or --max-duration instead)")
         if self.optimizer == "scaled_adam" and self.weight_decay > 0:
             raise ValueError("ScaledAdam has no weight decay (it learns each tensor's scale): "
                              "use --optimizer adamw for --weight-decay")
@@ -106,10 +113,13 @@ class FirstOrderOptimizer:
     zeroth_order = False
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter],
-                 max_grad_norm: float = 0.0, grad_scaler: Optional[torch.amp.GradScaler] = None):
+                 max_grad_norm: float = 0.0, grad_scaler: Optional[torch.amp.GradScaler] = None,
+                 accum_grad: int = 1):
         self.optimizer = optimizer
         self.params = list(params)
         self.max_grad_norm = float(max_grad_norm)
+        self.accum_grad = int(accum_grad)
+        self.accumulated = 0  # batches whose gradients wait in .grad for the next update
         self.grad_scaler = grad_scaler if grad_scaler is not None else torch.amp.GradScaler("cuda", enabled=False)
         self.skipped: Optional[str] = None
         self.last_grad_norm: Optional[float] = None
@@ -127,14 +137,18 @@ class FirstOrderOptimizer:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def _skip(self, why: str, loss) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # the whole accumulation cycle is dropped
+        self.accumulated = 0
         self.skipped = why
         self.num_skipped += 1
         return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
     def step(self, loss_fn) -> float:
+        """Forward, backward; with ``accum_grad`` N, the update (clip, check, step) on every
+        N-th call, on the sum of the N gradients divided by N."""
         self.skipped = None
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.accumulated == 0:
+            self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
             loss = call_loss_fn(loss_fn, grad_enabled=True)
         self.num_forwards += 1
@@ -145,8 +159,12 @@ class FirstOrderOptimizer:
         if not loss.requires_grad:
             raise ValueError("a first-order optimiser needs loss_fn(True) to return a differentiable loss; "
                              "use a zeroth-order optimiser for a non-differentiable objective")
-        self.grad_scaler.scale(loss).backward()
+        self.grad_scaler.scale(loss / self.accum_grad).backward()
         self.num_backwards += 1
+        self.accumulated += 1
+        if self.accumulated < self.accum_grad:
+            return float(loss.detach())
+        self.accumulated = 0
         with_grad = [p for p in self.params if p.grad is not None]
         scaler = self.grad_scaler if self.grad_scaler.is_enabled() else None
         if scaler is not None:
@@ -169,18 +187,28 @@ class FirstOrderOptimizer:
     def state_dict(self) -> Dict[str, Any]:
         state = self.optimizer.state_dict()
         state["first_order"] = dict(num_steps=self.num_steps, num_skipped=self.num_skipped,
-                                    num_forwards=self.num_forwards, num_backwards=self.num_backwards)
+                                    num_forwards=self.num_forwards, num_backwards=self.num_backwards,
+                                    accumulated=self.accumulated)
+        if self.accumulated:  # saved between the batches of one update: their gradients, for exact resume
+            state["first_order"]["grads"] = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         state = dict(state)
-        counters = state.pop("first_order", None) or {}
+        counters = dict(state.pop("first_order", None) or {})
         if "zo" in state:
             raise ValueError("this checkpoint holds a zeroth-order optimiser state: resume it with the "
                              "same --optimizer it was trained with")
         self.optimizer.load_state_dict(state)
+        grads = counters.pop("grads", None)
         for key, value in counters.items():
             setattr(self, key, int(value))
+        if grads is not None:
+            if len(grads) != len(self.params):
+                raise ValueError(f"the checkpoint holds accumulated gradients of {len(grads)} tensors, "
+                                 f"this optimiser has {len(self.params)}")
+            for p, g in zip(self.params, grads):
+                p.grad = None if g is None else g.to(p.device, p.dtype).clone()
 
 
 def lr_groups(named: NamedParams, base_lr: float, lr_scale_of: Optional[Callable[[str], float]],
@@ -207,7 +235,7 @@ def build_optimizer(named_params: NamedParams, config: OptimizerConfig,
     params = [p for _, p in named]
     if config.optimizer in FIRST_ORDER:
         inner = FIRST_ORDER[config.optimizer](lr_groups(named, config.base_lr, lr_scale_of), config)
-        return FirstOrderOptimizer(inner, params, config.max_grad_norm, grad_scaler)
+        return FirstOrderOptimizer(inner, params, config.max_grad_norm, grad_scaler, config.accum_grad)
     settings = dict(ZO_PRESETS[config.optimizer], weight_decay=config.weight_decay, momentum=config.momentum,
                     seed=config.zo_seed, lozo_rank=config.lozo_rank, lozo_interval=config.lozo_interval,
                     batched_queries=config.zo_batched_queries)
