@@ -170,3 +170,30 @@ def test_one_real_size_training_step_in_bf16_and_its_memory(tmp_path):
     assert torch.isfinite(loss) and any(p.grad is not None for p in model.parameters() if p.requires_grad)
     hyps = model.transcribe(batch)
     assert len(hyps) == n
+
+
+def test_musan_wavs_become_a_noise_split_and_on_the_fly_cuts_need_no_fbank(tree, tmp_path):
+    import soundfile as sf
+
+    from speechadapt.data.datamodule import AsrDataModule, DataConfig
+
+    musan = tmp_path / "musan"
+    for kind in ("noise", "music"):
+        (musan / kind / "free-sound").mkdir(parents=True)
+        sf.write(musan / kind / "free-sound" / f"{kind}-0001.wav", 0.01 * torch.randn(16000).numpy(), 16000)
+    meta = tmp_path / "meta"
+    parse_librispeech.main(["--corpus-dir", str(tree), "--parts", "dev-clean", "--out-dir", str(meta),
+                            "--musan-dir", str(musan)])
+    rows = [json.loads(line) for line in (meta / "musan.jsonl").read_text().splitlines()]
+    assert sorted(r["noise_type"] for r in rows) == ["music", "noise"]
+    run = [sys.executable, str(ROOT / "local" / "prepare_manifests.py"), "--audio-dir", str(meta), "--manifest-dir",
+           str(tmp_path / "manifests"), "--prefix", "librispeech", "--splits", "dev-clean", "--noise-splits", "musan"]
+    subprocess.run(run, check=True, capture_output=True)
+    subprocess.run([sys.executable, str(ROOT / "local" / "compute_fbank.py"), "--manifest-dir",
+                    str(tmp_path / "manifests"), "--fbank-dir", str(tmp_path / "fbank"), "--prefix", "librispeech",
+                    "--splits", "dev-clean", "--no-features", "true"], check=True, capture_output=True)
+    assert not list((tmp_path / "fbank").glob("*.lca"))  # nothing stored
+    data = AsrDataModule(DataConfig(manifest_dir=str(tmp_path / "fbank"), cuts_prefix="librispeech",
+                                    on_the_fly_feats=True, num_workers=0, bucketing_sampler=False))
+    batch = next(iter(data.test_dataloaders(data.load_cuts("dev-clean"))))
+    assert batch.inputs.shape[-1] == 80 and len(batch) == 4
