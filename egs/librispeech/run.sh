@@ -45,33 +45,32 @@ if [ "$smoke" = true ] && stage_in 20; then
   stage_end
 fi
 
+train_llm() {  # train_llm EXP_NAME ENCODER_CKPTS: LLM-ASR with one encoder, MoSE with several
+  python -m speechadapt.bin.train $train_flags --exp-dir $exp_root/$1 --encoder-ckpt $2 --encoder-preset $encoder_preset
+}
+decode_llm() {  # decode_llm EXP_NAME: greedy and beam 4 on the dev/test parts
+  for method in greedy beam; do
+    python -m speechadapt.bin.decode --exp-dir $exp_root/$1 $decode_flags --decoding-method $method
+  done
+}
 if stage_in 21; then
   stage_begin 21 "train LLM-ASR (frozen $encoder_preset Zipformer, projector, LoRA)"
-  python -m speechadapt.bin.train $train_flags --exp-dir $exp_root/llm_asr --encoder-ckpt $encoder_ckpt \
-    --encoder-preset $encoder_preset
+  train_llm llm_asr $encoder_ckpt
   stage_end
 fi
-
 if stage_in 22; then
   stage_begin 22 "decode LLM-ASR: greedy and beam 4"
-  for method in greedy beam; do
-    python -m speechadapt.bin.decode --exp-dir $exp_root/llm_asr $decode_flags --decoding-method $method
-  done
+  decode_llm llm_asr
   stage_end
 fi
-
 if stage_in 23; then
   stage_begin 23 "train MoSE (four frozen Zipformers)"
-  python -m speechadapt.bin.train $train_flags --exp-dir $exp_root/mose --encoder-ckpt $mose_encoder_ckpts \
-    --encoder-preset $encoder_preset
+  train_llm mose $mose_encoder_ckpts
   stage_end
 fi
-
 if stage_in 24; then
   stage_begin 24 "decode MoSE: greedy and beam 4"
-  for method in greedy beam; do
-    python -m speechadapt.bin.decode --exp-dir $exp_root/mose $decode_flags --decoding-method $method
-  done
+  decode_llm mose
   stage_end
 fi
 
