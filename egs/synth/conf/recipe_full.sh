@@ -32,6 +32,6 @@ ft_max_bad_transcripts=0.01
 # test-time adaptation (stages 40-43): grids evaluated on target_dev, the best kept for the tests
 tta_grid_suta="base_lr=1e-2,3e-2,1e-1"
 tta_grid_zo="base_lr=1e-1,3e-1"
-tta_grid_guarded="base_lr=3e-2,1e-1"
+tta_grid_guarded="base_lr=3e-2,1e-1;em_coef=0.3,1"
 tta_grid_continual="base_lr=3e-3,1e-2,3e-2"
 tta_steps=""  # the confs' steps (10; continual 1)
