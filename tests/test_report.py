@@ -63,3 +63,14 @@ def test_finetune_table_has_cost_and_change_against_zero_shot(tmp_path):
     assert "| mezo-norms | 1,200 | 50 | 100 | 0 | 12.5 | 300.0 | 1.01 | 16.00 | 11.00 | -20.0% | +10.0% |" in text
     assert text.count("| mezo-norms |") == 1
     assert (tmp_path / "plots" / "dev-ft.png").stat().st_size > 1000
+
+
+def test_tta_table_has_cost_change_against_no_tta_and_the_wer_by_steps(tmp_path):
+    res = tmp_path / "results.jsonl"
+    base = dict(family="tta", source="exp/ctc:e8", mode="episodic", optimizer="adamw", tuned_params=440)
+    append_result(res, ResultRecord("no-tta", "target_test", 20.0, model="tta/none/k", extra=dict(base, steps_per_utt=0)))
+    append_result(res, ResultRecord("suta", "target_test", 15.0, model="tta/suta/k", extra=dict(
+        base, steps_per_utt=10, seconds_per_utt=0.7, wer_at_steps={"2": 17.5, "5": 16.0})))
+    text = report.render(tmp_path, res, tmp_path / "none.tsv", tmp_path / "R.md", tmp_path / "plots", "t")
+    assert "target_test vs no-tta" in text and "| -25.0% |" in text
+    assert "| suta | target_test | 2: 17.50, 5: 16.00, 10: 15.00 | 0.7 |" in text

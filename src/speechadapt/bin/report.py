@@ -106,6 +106,25 @@ def cost_tables(rows: "OrderedDict[Tuple[str, str], Dict[str, dict]]", family: s
     return out
 
 
+def steps_table(rows: "OrderedDict[Tuple[str, str], Dict[str, dict]]") -> List[str]:
+    """TTA runs that also decoded after fewer steps (``--decode-at``): WER by step count, with
+    the seconds one utterance took for the full run (equal-time comparisons)."""
+    lines = []
+    for (method, _), cells in rows.items():
+        for test_set, rec in cells.items():
+            e = rec.get("extra") or {}
+            curve = dict(e.get("wer_at_steps") or {})
+            if not curve:
+                continue
+            curve[str(e.get("steps_per_utt"))] = rec["wer"]
+            points = ", ".join(f"{k}: {float(v):.2f}" for k, v in sorted(curve.items(), key=lambda kv: int(kv[0])))
+            lines.append(f"| {method} | {test_set} | {points} | {e.get('seconds_per_utt', '')} |")
+    if not lines:
+        return []
+    return ["WER after each number of steps (one run, decoded at each point):", "",
+            "| method | set | steps: WER | s/utt (all steps) |", "|---|---|---|---|", *lines, ""]
+
+
 def plot_dev_curves(exp_dir: Path, plot_dir: Path) -> List[Path]:
     """Dev WER against forward passes and against wall time, one figure per folder of runs."""
     import json
@@ -231,6 +250,7 @@ def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir:
     ]
     for family, rows in tables.items():
         body = cost_tables(rows, family) if family in COST_TABLES else [markdown_table(rows), ""]
+        body += steps_table(rows) if family == "tta" else []
         lines += [f"## {family}", "", *body]
     times = read_stage_times(stage_times)
     if times:
