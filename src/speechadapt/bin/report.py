@@ -65,8 +65,10 @@ def _finetune_cost(e: dict) -> list:
 
 def _tta_cost(e: dict) -> list:
     q = e.get("zo_num_queries")
-    return [e.get("mode", ""), e.get("optimizer", "") + (f" q{q}" if q else ""), f"{e.get('tuned_params', 0):,}",
-            e.get("steps_per_utt", ""), f"{e.get('base_lr', 0):g}", f"{e.get('em_coef', 0):g}",
+    adapts = bool(e.get("steps_per_utt"))  # a 0-step row has no optimiser, rate or loss weight
+    return [e.get("mode", "") if adapts else "", (e.get("optimizer", "") + (f" q{q}" if q else "")) if adapts else "",
+            f"{e.get('tuned_params', 0):,}", e.get("steps_per_utt", ""),
+            f"{e.get('base_lr', 0):g}" if adapts else "", f"{e.get('em_coef', 0):g}" if adapts else "",
             f"{e.get('forwards', 0):,}", f"{e.get('backwards', 0):,}", e.get("seconds_per_utt", ""),
             e.get("adapt_rtf", ""), e.get("peak_mb", ""), e.get("resets", 0),
             f"{e.get('short', 0)}/{e.get('non_finite', 0)}"]
