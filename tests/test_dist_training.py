@@ -29,22 +29,23 @@ def config(exp_dir):
                           valid_interval=2, log_interval=1, tensorboard=False, seed=5)
 
 
-def train(exp_dir, train_batches, valid_batches, dist_info=None):
+def train(exp_dir, train_batches, valid_batches, dist_info=None, accum_grad=1):
     torch.manual_seed(0)
     trainer = Trainer(config(exp_dir), ToyModel(), train_batches, valid_batches, dist_info,
-                      optimizer_config=OptimizerConfig(optimizer="adamw", base_lr=0.01),
+                      optimizer_config=OptimizerConfig(optimizer="adamw", base_lr=0.01, accum_grad=accum_grad),
                       scheduler_config=SchedulerConfig(scheduler="constant"))
     trainer.fit()
     return trainer
 
 
-def ddp_worker(rank, world_size, out_dir):
+def ddp_worker(rank, world_size, out_dir, accum_grad=1):
     torch.set_num_threads(1)
     dist_info = setup_dist(rank, world_size)
     train_batches, valid_batches = make_batches(16, 2), make_batches(6, 3)
-    trainer = train(out_dir / "ddp", train_batches[rank::world_size], valid_batches[rank::world_size], dist_info)
-    torch.save({"model": trainer.model.state_dict(), "valid_loss": trainer.params["valid_loss"]},
-               out_dir / f"rank{rank}.pt")
+    trainer = train(out_dir / "ddp", train_batches[rank::world_size], valid_batches[rank::world_size], dist_info,
+                    accum_grad)
+    torch.save({"model": trainer.model.state_dict(), "valid_loss": trainer.params["valid_loss"],
+                "no_sync": trainer.optimizer.no_sync is not None}, out_dir / f"rank{rank}.pt")
     cleanup_dist()
 
 
@@ -70,6 +71,23 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
     assert len(saved["params"]["rng_states"]) == 2 and saved["params"]["world_size"] == 2
     assert sorted(p.name for p in (tmp_path / "ddp").glob("*.pt")) == [
         "checkpoint-2.pt", "checkpoint-4.pt", "epoch-1.pt"]
+
+
+def test_ddp_gradient_accumulation_syncs_once_per_update_and_matches_one_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "0")
+    launch(ddp_worker, 2, tmp_path, 2)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    train_batches, valid_batches = make_batches(16, 2), make_batches(6, 3)
+    single = train(tmp_path / "single",
+                   [concat_batches(train_batches[i:i + 2]) for i in range(0, len(train_batches), 2)],
+                   valid_batches, accum_grad=2)
+    assert single.optimizer.num_steps == 2  # 4 batches, one update per 2
+    assert rank0["no_sync"] and rank1["no_sync"]  # the first batch of each update skipped the all-reduce
+    for key, value in single.model.state_dict().items():
+        assert torch.equal(rank0["model"][key], rank1["model"][key]), key
+        torch.testing.assert_close(rank0["model"][key], value, rtol=0, atol=1e-6)
 
 
 def test_torchrun_smoke(tmp_path):

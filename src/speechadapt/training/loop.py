@@ -130,6 +130,8 @@ class Trainer:
         self.scheduler = scheduler or build_scheduler(
             self.optimizer, scheduler_config or SchedulerConfig(), self._total_steps(scheduler_config))
         self.loss_module = self._wrap_ddp(LossForward(self.model, objective))
+        if isinstance(self.loss_module, nn.parallel.DistributedDataParallel) and hasattr(self.optimizer, "no_sync"):
+            self.optimizer.no_sync = self.loss_module.no_sync  # gradient accumulation syncs once per update
         self.model_avg = self._init_model_avg()
 
         self.params: Dict[str, Any] = {

@@ -20,6 +20,7 @@ Adding an optimiser: one entry in ``FIRST_ORDER`` (a torch optimiser factory) or
 ``ZO_PRESETS`` (settings of :class:`ZOOptimizer`).
 """
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -120,6 +121,9 @@ class FirstOrderOptimizer:
         self.max_grad_norm = float(max_grad_norm)
         self.accum_grad = int(accum_grad)
         self.accumulated = 0  # batches whose gradients wait in .grad for the next update
+        # DDP's ``no_sync`` (set by the Trainer): the batches before the last of an update
+        # accumulate locally, and only the last backward all-reduces the sum.
+        self.no_sync: Optional[Callable[[], Any]] = None
         self.grad_scaler = grad_scaler if grad_scaler is not None else torch.amp.GradScaler("cuda", enabled=False)
         self.skipped: Optional[str] = None
         self.last_grad_norm: Optional[float] = None
@@ -149,17 +153,19 @@ class FirstOrderOptimizer:
         self.skipped = None
         if self.accumulated == 0:
             self.optimizer.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            loss = call_loss_fn(loss_fn, grad_enabled=True)
-        self.num_forwards += 1
-        if not isinstance(loss, torch.Tensor):
-            raise TypeError(f"loss_fn must return a loss tensor, got {type(loss).__name__}")
-        if not torch.isfinite(loss):
-            return self._skip("non-finite loss", loss)
-        if not loss.requires_grad:
-            raise ValueError("a first-order optimiser needs loss_fn(True) to return a differentiable loss; "
-                             "use a zeroth-order optimiser for a non-differentiable objective")
-        self.grad_scaler.scale(loss / self.accum_grad).backward()
+        defer_sync = self.no_sync is not None and self.accumulated + 1 < self.accum_grad
+        with self.no_sync() if defer_sync else contextlib.nullcontext():
+            with torch.enable_grad():
+                loss = call_loss_fn(loss_fn, grad_enabled=True)
+            self.num_forwards += 1
+            if not isinstance(loss, torch.Tensor):
+                raise TypeError(f"loss_fn must return a loss tensor, got {type(loss).__name__}")
+            if not torch.isfinite(loss):
+                return self._skip("non-finite loss", loss)
+            if not loss.requires_grad:
+                raise ValueError("a first-order optimiser needs loss_fn(True) to return a differentiable loss; "
+                                 "use a zeroth-order optimiser for a non-differentiable objective")
+            self.grad_scaler.scale(loss / self.accum_grad).backward()
         self.num_backwards += 1
         self.accumulated += 1
         if self.accumulated < self.accum_grad:
