@@ -113,6 +113,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def gather_lists(items: list) -> list:
+    """Every rank's list concatenated in rank order (``all_gather_object``); the list itself
+    in a single process."""
+    if get_world_size() == 1:
+        return list(items)
+    gathered: list = [None] * get_world_size()
+    dist.all_gather_object(gathered, list(items))
+    return [item for part in gathered for item in part]
+
+
 def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
     """Give every rank rank ``src``'s parameters and buffers (what DDP does at start)."""
     if get_world_size() > 1:
