@@ -43,6 +43,7 @@ from speechadapt.training import checkpoint as ckpt
 from speechadapt.training.dist import DistInfo, all_reduce_sum, barrier, broadcast_parameters, get_world_size
 from speechadapt.training.exp_dir import check_fresh_start, resolve_start
 from speechadapt.training.metrics import MetricsTracker
+from speechadapt.training.oom import handle_out_of_memory, scan_pessimistic_batches
 from speechadapt.training.optim import OptimizerConfig, build_optimizer
 from speechadapt.training.options import TrainingConfig
 from speechadapt.training.schedulers import SchedulerConfig, build_scheduler
@@ -240,6 +241,9 @@ class Trainer:
         if start_epoch > last_epoch:
             logging.info(f"nothing to train: {self.exp_dir} already holds epoch {start_epoch - 1} "
                          f"(batch {self.params['batch_idx_train']}) of this run")
+        if (self.config.scan_oom and self.device.type == "cuda" and start_epoch <= last_epoch
+                and not self.params["batch_idx_in_epoch"]):
+            scan_pessimistic_batches(self)
         for epoch in range(start_epoch, last_epoch + 1):
             self.params["cur_epoch"] = epoch
             self.train_one_epoch(epoch)
@@ -315,7 +319,11 @@ class Trainer:
         """One update through ``optimizer.step``. Returns the batch's metrics (None if skipped)."""
         self._run_batch_hooks()
         loss_fn, seen = self._loss_fn(batch)
-        loss = self.optimizer.step(loss_fn)
+        try:
+            loss = self.optimizer.step(loss_fn)
+        except torch.OutOfMemoryError as error:
+            handle_out_of_memory(self, batch, error)
+            return None
         if self.optimizer.skipped:
             self._skip_bad_batch(self.optimizer.skipped)
             return None

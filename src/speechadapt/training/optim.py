@@ -190,6 +190,13 @@ class FirstOrderOptimizer:
         self.num_steps += 1
         return float(loss.detach())
 
+    def probe(self, loss_fn) -> None:
+        """Forward and backward without an update (the memory scan); gradients dropped."""
+        with torch.enable_grad():
+            loss = call_loss_fn(loss_fn, grad_enabled=True)
+        self.grad_scaler.scale(loss).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+
     def state_dict(self) -> Dict[str, Any]:
         state = self.optimizer.state_dict()
         state["first_order"] = dict(num_steps=self.num_steps, num_skipped=self.num_skipped,

@@ -28,6 +28,11 @@ class TrainingConfig:
     freeze_pattern: List[str] = field(default_factory=list, metadata={
         "help": "comma-separated regexes: matching parameter names are frozen"})
     max_bad_batches: int = field(default=20, metadata={"help": "stop after this many skipped batches in a row"})
+    max_oom_batches: int = field(default=0, metadata={
+        "help": "one process: skip (log, count) up to this many batches that run out of GPU memory; "
+                "0 = stop at the first. Under DDP an OOM always stops"})
+    scan_oom: bool = field(default=True, metadata={
+        "help": "on a GPU, first run forward+backward on the epoch's most pessimistic batches (icefall's scan)"})
     use_fp16: bool = field(default=False, metadata={"help": "CUDA only"})
     use_bf16: bool = field(default=False, metadata={"help": "CUDA only"})
     find_unused_parameters: bool = field(default=False, metadata={"help": "DDP"})
