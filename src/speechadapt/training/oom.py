@@ -34,9 +34,10 @@ def suggested_max_duration(batch) -> str:
 
 
 def _free(trainer) -> None:
-    trainer.optimizer.zero_grad(set_to_none=True)
-    if hasattr(trainer.optimizer, "accumulated"):
-        trainer.optimizer.accumulated = 0  # the accumulation cycle is lost with the batch
+    if hasattr(trainer.optimizer, "drop_gradients"):  # first-order: the accumulation cycle too
+        trainer.optimizer.drop_gradients()
+    else:
+        trainer.optimizer.zero_grad(set_to_none=True)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

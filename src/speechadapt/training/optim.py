@@ -140,9 +140,13 @@ class FirstOrderOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
-    def _skip(self, why: str, loss) -> float:
-        self.optimizer.zero_grad(set_to_none=True)  # the whole accumulation cycle is dropped
+    def drop_gradients(self) -> None:
+        """Forget the gradients waiting for an update (the whole accumulation cycle)."""
+        self.optimizer.zero_grad(set_to_none=True)
         self.accumulated = 0
+
+    def _skip(self, why: str, loss) -> float:
+        self.drop_gradients()
         self.skipped = why
         self.num_skipped += 1
         return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
