@@ -87,6 +87,20 @@ def test_padding_duplicates_are_recognisable(fbank_dir):
     assert not is_padding_duplicate("utt001") and not is_padding_duplicate("utt001_sp0.9")
 
 
+def test_sorted_decoding_batches_go_longest_first_and_cover_every_cut_over_ranks(fbank_dir):
+    dm = _module(fbank_dir, "--max-duration", "4")
+    cuts = dm.load_cuts("source_train")
+    durations = {c.id: c.duration for c in cuts}
+    batches = _batches_ids(dm.test_dataloaders(cuts, sort_by_duration=True))
+    order = [durations[i] for batch in batches for i in batch]
+    assert order == sorted(durations.values(), reverse=True) and len(batches) > 2
+    per_rank = [_batches_ids(dm.test_dataloaders(cuts, 2, r, sort_by_duration=True)) for r in (0, 1)]
+    seen = [[i for batch in batches for i in batch if not is_padding_duplicate(i)] for batches in per_rank]
+    assert sorted(seen[0] + seen[1]) == sorted(durations)  # every cut once over the ranks
+    for rank_ids in seen:
+        assert [durations[i] for i in rank_ids] == sorted((durations[i] for i in rank_ids), reverse=True)
+
+
 def test_batches_hold_fbank_text_and_custom_fields(fbank_dir):
     dm = _module(fbank_dir, "--max-duration", "6", "--enable-spec-aug", "true",
                  "--enable-noise-mix", "true", "--noise-cuts", "noise", "--noise-mix-prob", "1.0",

@@ -130,7 +130,12 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
         assert key in ckpt
     assert ckpt["batch_idx_train"] == ckpt["params"]["batch_idx_train"] == 7
     assert ckpt["sampler"]["epoch"] == 1
-    assert ckpt["params"]["avg_batch_idx"] == 7  # the partial period was folded in
+    # The file's model_avg covers all 7 batches (the partial period folded into a copy); the
+    # running average as it was in memory (last folded at batch 6, period 3) is kept for resume.
+    assert ckpt["params"]["avg_batch_idx"] == 6
+    live = ckpt["model_avg_live"]
+    assert all(v.dtype == torch.float64 for v in live.values() if v.is_floating_point())
+    assert not torch.equal(live["encoder.weight"].float(), ckpt["model_avg"]["encoder.weight"])
     assert math.isfinite(ckpt["params"]["valid_loss"])
 
 

@@ -5,9 +5,13 @@
 #   if stage_in 10; then stage_begin 10 "train CTC"; python -m ...; stage_end; fi
 #   stages_done                            # at the end: fails when no stage lay in the range
 #
+#   set_launcher                           # after parse_options.sh: $dist_py from --launcher
+#   $dist_py speechadapt.bin.train ...     # a distributed entry point (training, decoding)
+#
 # stage_end appends "recipe<TAB>stage<TAB>name<TAB>seconds<TAB>profile" to
 # $stage_times (default exp/stage_times.tsv), which the report stage reads.
 
+_rl_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 _rl_known=()
 _rl_ran=0
 
@@ -20,6 +24,15 @@ check_stage_range() {
     echo "$(basename "$0"): --stage $stage is after --stop-stage $stop_stage: nothing would run" >&2
     exit 1
   fi
+}
+
+set_launcher() {  # --launcher local: python -m (it spawns --world-size processes itself);
+  # slurm: tools/slurm_launch.sh, torchrun on every node of the Slurm job (--world-size unused)
+  case "${launcher:-local}" in
+    local) dist_py="python -m" ;;
+    slurm) dist_py="$_rl_dir/slurm_launch.sh" ;;
+    *) echo "$(basename "$0"): --launcher must be local or slurm, got '$launcher'" >&2; exit 1 ;;
+  esac
 }
 
 stage_in() {  # true when stage $1 lies in [stage, stop_stage]

@@ -11,15 +11,17 @@ stage=0
 stop_stage=100
 smoke=false
 world_size=1        # GPUs (mp.spawn); under torchrun leave 1, torchrun sets the ranks
+launcher=local      # local, or slurm: distributed stages via tools/slurm_launch.sh (docs/scale.md)
 start_epoch=auto    # training stages resume from their newest checkpoint
 llm_dir=            # override the profile's model paths
 encoder_ckpt=
 mose_encoder_ckpts=
-usage="Usage: $0 [--stage N] [--stop-stage M] [--smoke true] [--world-size N] [--llm-dir D] [--encoder-ckpt F] [--mose-encoder-ckpts A,B,C,D]"
+usage="Usage: $0 [--stage N] [--stop-stage M] [--smoke true] [--world-size N] [--launcher local|slurm] [--llm-dir D] [--encoder-ckpt F] [--mose-encoder-ckpts A,B,C,D]"
 . ../../tools/parse_options.sh
 . ../../tools/setup.sh >/dev/null
 . ../../tools/recipe_lib.sh
 check_stage_range
+set_launcher
 profile=full; [ "$smoke" = true ] && profile=smoke
 _llm_dir=$llm_dir; _encoder_ckpt=$encoder_ckpt; _mose=$mose_encoder_ckpts
 . conf/recipe_$profile.sh
@@ -46,11 +48,11 @@ if [ "$smoke" = true ] && stage_in 20; then
 fi
 
 train_llm() {  # train_llm EXP_NAME ENCODER_CKPTS: LLM-ASR with one encoder, MoSE with several
-  python -m speechadapt.bin.train $train_flags --exp-dir $exp_root/$1 --encoder-ckpt $2 --encoder-preset $encoder_preset
+  $dist_py speechadapt.bin.train $train_flags --exp-dir $exp_root/$1 --encoder-ckpt $2 --encoder-preset $encoder_preset
 }
 decode_llm() {  # decode_llm EXP_NAME: greedy and beam 4 on the dev/test parts
   for method in greedy beam; do
-    python -m speechadapt.bin.decode --exp-dir $exp_root/$1 $decode_flags --decoding-method $method
+    $dist_py speechadapt.bin.decode --exp-dir $exp_root/$1 $decode_flags --decoding-method $method
   done
 }
 if stage_in 21; then

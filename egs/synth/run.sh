@@ -11,12 +11,14 @@ stage=10
 stop_stage=100
 profile=full        # fast (CI, minutes) or full
 world_size=1
+launcher=local      # local, or slurm: distributed stages via tools/slurm_launch.sh (docs/scale.md)
 start_epoch=auto    # training stages resume from their newest checkpoint; 1 = fresh (refuses an old run)
-usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--world-size N] [--start-epoch auto|N]"
+usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--world-size N] [--launcher local|slurm] [--start-epoch auto|N]"
 . ../../tools/parse_options.sh
 . ../../tools/setup.sh >/dev/null
 . ../../tools/recipe_lib.sh
 check_stage_range
+set_launcher
 case "$profile" in fast|full) ;; *) echo "$0: unknown profile '$profile'" >&2; exit 1 ;; esac
 . conf/recipe_$profile.sh   # data_dir, exp_root and the per-profile sizes below
 
@@ -40,7 +42,7 @@ llm_env="env OMP_NUM_THREADS=1"
 # ---- 10-19 Zipformer-CTC -----------------------------------------------------------
 if stage_in 10; then
   stage_begin 10 "train Zipformer-CTC ($ctc_preset) on source_train"
-  python -m speechadapt.bin.train $ctc_flags --exp-dir $ctc_exp --num-epochs $ctc_epochs --seed 42
+  $dist_py speechadapt.bin.train $ctc_flags --exp-dir $ctc_exp --num-epochs $ctc_epochs --seed 42
   stage_end
 fi
 
@@ -53,7 +55,7 @@ fi
 
 if stage_in 12; then
   stage_begin 12 "decode Zipformer-CTC on source and target tests"
-  python -m speechadapt.bin.decode --exp-dir $ctc_exp --checkpoint $ctc_exp/$ctc_model $decode_flags
+  $dist_py speechadapt.bin.decode --exp-dir $ctc_exp --checkpoint $ctc_exp/$ctc_model $decode_flags
   stage_end
 fi
 
@@ -71,23 +73,23 @@ llm_flags="--config conf/llm_asr.yaml --llm-dir $lm_dir --lora-r $lora_r --lora-
   --world-size $world_size --start-epoch $start_epoch"
 if stage_in 21; then
   stage_begin 21 "train LLM-ASR (frozen CTC encoder + projector + LoRA)"
-  $llm_env python -m speechadapt.bin.train $llm_flags --exp-dir $exp_root/llm_asr --encoder-ckpt $ctc_exp/$ctc_model
+  $llm_env $dist_py speechadapt.bin.train $llm_flags --exp-dir $exp_root/llm_asr --encoder-ckpt $ctc_exp/$ctc_model
   stage_end
 fi
 
 if stage_in 22; then
   stage_begin 22 "decode LLM-ASR (greedy, batched generate)"
-  $llm_env python -m speechadapt.bin.decode --exp-dir $exp_root/llm_asr --epoch $llm_epochs --avg $llm_avg \
+  $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/llm_asr --epoch $llm_epochs --avg $llm_avg \
     --use-averaged-model true $decode_flags
   stage_end
 fi
 
 if stage_in 23; then
   stage_begin 23 "second Zipformer-CTC encoder for MoSE (another seed)"
-  python -m speechadapt.bin.train $ctc_flags --exp-dir $ctc2_exp --num-epochs $ctc2_epochs --seed 7
+  $dist_py speechadapt.bin.train $ctc_flags --exp-dir $ctc2_exp --num-epochs $ctc2_epochs --seed 7
   python -m speechadapt.bin.average_checkpoints --exp-dir $ctc2_exp --epoch $ctc2_epochs \
     --avg $ctc_avg --use-averaged-model true
-  python -m speechadapt.bin.decode --exp-dir $ctc2_exp --epoch $ctc2_epochs --avg $ctc_avg \
+  $dist_py speechadapt.bin.decode --exp-dir $ctc2_exp --epoch $ctc2_epochs --avg $ctc_avg \
     --use-averaged-model true --method zipformer-ctc-seed2 $decode_flags
   stage_end
 fi
@@ -95,14 +97,14 @@ fi
 mose_encoders="$ctc_exp/$ctc_model,$ctc2_exp/epoch-$ctc2_epochs-avg-$ctc_avg.pt"
 if stage_in 24; then
   stage_begin 24 "train MoSE (two frozen encoders, slot dropout $mose_slot_dropout)"
-  $llm_env python -m speechadapt.bin.train $llm_flags --exp-dir $exp_root/mose --encoder-ckpt $mose_encoders \
+  $llm_env $dist_py speechadapt.bin.train $llm_flags --exp-dir $exp_root/mose --encoder-ckpt $mose_encoders \
     --encoder-preset $ctc_preset --mose-slot-dropout $mose_slot_dropout
   stage_end
 fi
 
 if stage_in 25; then
   stage_begin 25 "decode MoSE (all slots)"
-  $llm_env python -m speechadapt.bin.decode --exp-dir $exp_root/mose --epoch $llm_epochs --avg $llm_avg \
+  $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/mose --epoch $llm_epochs --avg $llm_avg \
     --use-averaged-model true $decode_flags
   stage_end
 fi
@@ -117,7 +119,7 @@ ctc_source="--source-exp-dir $ctc_exp --checkpoint $ctc_exp/$ctc_model"
 llm_source="--source-exp-dir $exp_root/llm_asr --epoch $llm_epochs --avg $llm_avg --use-averaged-model true"
 finetune() {  # finetune SOURCE_FLAGS CONF OUT_DIR STEPS [ENV]: one run of conf/ft/CONF.yaml
   local every=$(( $4 / 8 > 0 ? $4 / 8 : 1 ))
-  ${5:-} python -m speechadapt.bin.finetune --config conf/ft/$2.yaml $1 $ft_data --exp-dir $exp_root/$3/$2 \
+  ${5:-} $dist_py speechadapt.bin.finetune --config conf/ft/$2.yaml $1 $ft_data --exp-dir $exp_root/$3/$2 \
     --max-steps $4 --eval-every $every
 }
 if stage_in 30; then

@@ -64,7 +64,8 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> Dict[str, float
     for test_set in args.test_sets:
         cuts = data.load_cuts(test_set)
         name = split_name(test_set)
-        loader = data.test_dataloaders(cuts, dist_info.world_size, dist_info.rank)
+        loader = data.test_dataloaders(cuts, dist_info.world_size, dist_info.rank,
+                                       sort_by_duration=getattr(model, "decode_sorted", False))
         with Stopwatch() as clock:
             results, audio_s = decode_dataloader(lambda batch: model.transcribe(batch, options), loader,
                                                  desc=f"decoding {name}")

@@ -185,16 +185,24 @@ class AsrDataModule:
         return self._eval_loader(cuts, world_size, rank)
 
     def test_dataloaders(self, cuts: CutSet, world_size: int = 1, rank: int = 0,
-                         require_text: bool = True) -> DataLoader:
+                         require_text: bool = True, sort_by_duration: bool = False) -> DataLoader:
         """Decoding loader; every cut exactly once when world_size is 1 (the default).
-        ``require_text=False`` for audio without transcripts (transcribe)."""
-        return self._eval_loader(cuts, world_size, rank, require_text)
+        ``require_text=False`` for audio without transcripts (transcribe).
+        ``sort_by_duration``: batches of neighbours in a longest-first order (LLM-ASR's
+        generate pads every utterance of a batch to the longest; an OOM shows first)."""
+        return self._eval_loader(cuts, world_size, rank, require_text, sort_by_duration)
 
     # ---- pieces --------------------------------------------------------------------
 
-    def _eval_loader(self, cuts: CutSet, world_size: int, rank: int, require_text: bool = True) -> DataLoader:
+    def _eval_loader(self, cuts: CutSet, world_size: int, rank: int, require_text: bool = True,
+                     sort_by_duration: bool = False) -> DataLoader:
         dataset = SpeechDataset(self.input_kind, self.config.on_the_fly_feats, require_text=require_text)
-        sampler = self._sampler(cuts, shuffle=False, drop_last=False, world_size=world_size, rank=rank)
+        if sort_by_duration:
+            sampler = SimpleCutSampler(cuts.to_eager().sort_by_duration(ascending=False),
+                                       max_duration=self.config.max_duration, shuffle=False, drop_last=False,
+                                       world_size=world_size, rank=rank, seed=self.seed)
+        else:
+            sampler = self._sampler(cuts, shuffle=False, drop_last=False, world_size=world_size, rank=rank)
         return self._loader(dataset, sampler, rank)
 
     def _sampler(self, cuts: CutSet, shuffle: bool, drop_last: bool, world_size: int, rank: int):

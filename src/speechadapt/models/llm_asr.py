@@ -94,6 +94,7 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
     checkpoints): with the config it is the model's spec."""
 
     input_kind = "fbank"
+    decode_sorted = True  # batched generate pads to the longest utterance: decode in length order
     frozen_by_design = ("encoders.",)  # fine-tuning may not select them
     group_prefixes = {"encoder": ("encoders.",), "projector": ("projectors.", "speech_token_embeddings"),
                       "decoder": ("llm.",)}

@@ -3,7 +3,9 @@
 A file is a dict with icefall's keys: ``model``, ``optimizer``, ``scheduler``,
 ``grad_scaler``, ``sampler``, ``model_avg`` (running average, float32 on disk),
 ``batch_idx_train`` and ``params`` (a plain dict: cur_epoch, batch_idx_train,
-batch_idx_in_epoch, best/valid losses, rng states, ...). Only tensors, numbers,
+batch_idx_in_epoch, best/valid losses, rng states, ...); the loop adds
+``model_avg_live``, its running average in float64 as it was in memory (with
+``params["avg_batch_idx"]``), so a resumed run is bit-exact. Only tensors, numbers,
 strings, lists and dicts go in, so ``torch.load(weights_only=True)`` reads them.
 Writes are atomic (temp file + fsync + rename). icefall's own files are read through
 :func:`speechadapt.utils.safe_load.safe_torch_load`.
@@ -45,24 +47,32 @@ def model_state_dict(model: nn.Module, trainable_only: bool = False) -> StateDic
     return {k: v for k, v in state.items() if k in keep}
 
 
+def check_state_matches(own_shapes: Dict[str, tuple], state: StateDict, partial: bool = False,
+                        where: str = "checkpoint") -> List[str]:
+    """Every saved key must exist in the model with the same shape; without ``partial`` a
+    model key missing from ``state`` is an error too. Returns the missing keys."""
+    unexpected = sorted(set(state) - set(own_shapes))
+    if unexpected:
+        raise KeyError(f"{where} has keys the model lacks: {unexpected[:10]}"
+                       + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
+    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own_shapes[k])]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(f"shape mismatch for {k}: {where} {tuple(state[k].shape)}, "
+                         f"model {tuple(own_shapes[k])} ({len(wrong)} keys differ)")
+    missing = sorted(set(own_shapes) - set(state))
+    if missing and not partial:
+        raise KeyError(f"{where} lacks model keys: {missing[:10]} (a trainable-only file? pass partial=True)")
+    return missing
+
+
 def load_model_state(model: nn.Module, state: StateDict, strict: bool = True, partial: bool = False) -> None:
     """Load ``state`` into ``model``: every saved key must exist with the same shape.
     A ``partial`` (trainable-only) state is merged onto the model; otherwise, with
     ``strict``, a model key missing from the state is an error too."""
     model = unwrap_model(model)
-    own = model.state_dict()
-    unexpected = sorted(set(state) - set(own))
-    if unexpected:
-        raise KeyError(f"checkpoint has keys the model lacks: {unexpected[:10]}"
-                       + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
-    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise ValueError(f"shape mismatch for {k}: checkpoint {tuple(state[k].shape)}, "
-                         f"model {tuple(own[k].shape)} ({len(wrong)} keys differ)")
-    missing = sorted(set(own) - set(state))
-    if missing and strict and not partial:
-        raise KeyError(f"checkpoint lacks model keys: {missing[:10]} (a trainable-only file? pass partial=True)")
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = check_state_matches(own, state, partial or not strict)
     if missing:
         logging.info(f"partial checkpoint: {len(state)} keys loaded, {len(missing)} kept from the model")
     model.load_state_dict(state, strict=False)
@@ -78,11 +88,21 @@ def save_checkpoint(
     sampler_state: Optional[Dict] = None,
     model_avg: Optional[StateDict] = None,
     trainable_only: bool = False,
+    extra: Optional[Dict[str, Any]] = None,
+    model_state: Optional[StateDict] = None,
+    optimizer_state: Optional[Dict[str, Any]] = None,
 ) -> Path:
-    """Write an icefall-style checkpoint atomically (call on rank 0 only)."""
+    """Write an icefall-style checkpoint atomically (call on rank 0 only); ``extra``
+    entries are added as they are (the loop's float64 ``model_avg_live``).
+    ``model_state`` / ``optimizer_state``: already gathered states (FSDP) in place of
+    the objects' own."""
+    if model_state is None:
+        model_state = model_state_dict(model, trainable_only)
+    if optimizer_state is None and optimizer is not None:
+        optimizer_state = optimizer.state_dict()
     checkpoint = {
-        "model": model_state_dict(model, trainable_only),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "model": model_state,
+        "optimizer": optimizer_state,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "grad_scaler": grad_scaler.state_dict() if grad_scaler is not None and grad_scaler.is_enabled() else None,
         "sampler": sampler_state,
@@ -91,6 +111,7 @@ def save_checkpoint(
         "batch_idx_train": int(params.get("batch_idx_train", 0)),
         "params": params,
     }
+    checkpoint.update(extra or {})
     path = atomic_save(checkpoint, path)
     logging.info(f"saved checkpoint {path}")
     return path

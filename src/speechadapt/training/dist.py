@@ -12,7 +12,10 @@ Backend: NCCL when CUDA is available, gloo otherwise.
 import datetime
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -139,13 +142,52 @@ def launch(fn: Callable, world_size: int = 1, *args) -> None:
     """Run ``fn(rank, world_size, *args)`` the right way for how we were started.
 
     Under torchrun each process is already a worker: call fn directly with the
-    environment's rank. With ``world_size > 1`` otherwise, spawn the workers here.
+    environment's rank. With ``world_size > 1`` otherwise, spawn the workers here (and
+    pass a preemption signal this process gets on to them). A preempted run exits with
+    :data:`~speechadapt.training.preemption.PREEMPTED_EXIT_CODE`.
     """
     if launched_by_torchrun():
-        fn(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), *args)
+        _run_worker(int(os.environ["RANK"]), fn, int(os.environ["WORLD_SIZE"]), *args)
     elif world_size > 1:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ["MASTER_PORT"] = str(find_free_port())
-        mp.spawn(fn, args=(world_size, *args), nprocs=world_size, join=True)
+        _spawn(fn, world_size, *args)
     else:
-        fn(0, 1, *args)
+        _run_worker(0, fn, 1, *args)
+
+
+def _run_worker(rank: int, fn: Callable, world_size: int, *args) -> None:
+    from speechadapt.training.preemption import PREEMPTED_EXIT_CODE, Preempted
+
+    try:
+        fn(rank, world_size, *args)
+    except Preempted as stop:
+        logging.warning(str(stop))
+        cleanup_dist()
+        sys.exit(PREEMPTED_EXIT_CODE)  # SystemExit: mp.spawn's wrapper lets it through as the status
+
+
+def _spawn(fn: Callable, world_size: int, *args) -> None:
+    from speechadapt.training.preemption import DEFAULT_SIGNALS, PREEMPTED_EXIT_CODE, signal_numbers
+
+    context = mp.start_processes(_run_worker, args=(fn, world_size, *args), nprocs=world_size, join=False,
+                                 start_method="spawn")
+
+    def forward(number, frame):
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, number)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {n: signal.signal(n, forward) for n in signal_numbers(DEFAULT_SIGNALS).values()}
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessExitedException as error:
+        if error.exit_code == PREEMPTED_EXIT_CODE:
+            sys.exit(PREEMPTED_EXIT_CODE)
+        raise
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -42,9 +42,11 @@ from speechadapt.adapt.zo import ReadOnlyCache, vectorised_losses
 from speechadapt.training import checkpoint as ckpt
 from speechadapt.training.dist import DistInfo, all_reduce_sum, barrier, broadcast_parameters, get_world_size
 from speechadapt.training.exp_dir import check_fresh_start, resolve_start
+from speechadapt.training import fsdp
 from speechadapt.training.metrics import MetricsTracker
 from speechadapt.training.oom import handle_out_of_memory, scan_pessimistic_batches
 from speechadapt.training.optim import OptimizerConfig, build_optimizer
+from speechadapt.training.preemption import Preempted, PreemptionGuard, write_marker
 from speechadapt.training.options import TrainingConfig
 from speechadapt.training.schedulers import SchedulerConfig, build_scheduler
 from speechadapt.training.state import (find_epoch_sampler, fix_random_seed, get_rng_state,
@@ -115,6 +117,8 @@ class Trainer:
         self.exp_dir = Path(config.exp_dir)
         self.is_main = self.dist.rank == 0
         self.should_stop = False  # hooks may set this to end training early
+        self.preemption: Optional[PreemptionGuard] = None
+        self.preempted_by: Optional[str] = None  # the signal that stopped training
         self.start_epoch, self.start_batch = resolve_start(self.exp_dir, config.start_epoch, config.start_batch)
         self.resuming = (self.start_epoch, self.start_batch) != (1, 0)
         if not self.resuming:
@@ -125,6 +129,9 @@ class Trainer:
         freeze_by_pattern(self.model, config.freeze_pattern)
         self.amp_dtype = self._amp_dtype()
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.model_avg = self._init_model_avg()  # before FSDP splits the tensors
+        if config.fsdp:
+            self._shard(optimizer, optimizer_config or OptimizerConfig())
         self.optimizer = optimizer or build_optimizer(
             self.model.named_parameters(), optimizer_config or OptimizerConfig(), self.grad_scaler, lr_scale_of)
         self.zeroth_order = bool(getattr(self.optimizer, "zeroth_order", False))
@@ -133,7 +140,6 @@ class Trainer:
         self.loss_module = self._wrap_ddp(LossForward(self.model, objective))
         if isinstance(self.loss_module, nn.parallel.DistributedDataParallel) and hasattr(self.optimizer, "no_sync"):
             self.optimizer.no_sync = self.loss_module.no_sync  # gradient accumulation syncs once per update
-        self.model_avg = self._init_model_avg()
 
         self.params: Dict[str, Any] = {
             "cur_epoch": self.start_epoch, "batch_idx_train": 0, "batch_idx_in_epoch": 0,
@@ -162,8 +168,21 @@ class Trainer:
             return None
         return wanted
 
+    def _shard(self, optimizer, optimizer_config: OptimizerConfig) -> None:
+        if optimizer is not None:
+            raise ValueError("--fsdp true builds the optimiser after sharding: give the Trainer optimizer_config")
+        fsdp.check_fsdp_supported(self.dist.world_size, optimizer_config.optimizer, optimizer_config.zeroth_order,
+                                  self.config.use_fp16, optimizer_config.accum_grad)
+        fsdp.shard_model(self.model, self.config.fsdp_units, self.device)
+
+    def _model_state(self) -> Dict[str, torch.Tensor]:
+        """The model's (trainable) state; under FSDP gathered on rank 0, so every rank calls it."""
+        if self.config.fsdp:
+            return fsdp.full_model_state(self.model, self.config.save_trainable_only)
+        return ckpt.model_state_dict(self.model, self.config.save_trainable_only)
+
     def _wrap_ddp(self, model: nn.Module) -> nn.Module:
-        if self.dist.world_size <= 1:
+        if self.dist.world_size <= 1 or self.config.fsdp:
             return model
         if self.zeroth_order:
             # No gradients to synchronise: start every rank from rank 0's weights.
@@ -202,17 +221,24 @@ class Trainer:
         if path is None:
             return self.start_epoch
         logging.info(f"resuming from {path}")
-        saved = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler,
-                                     self.grad_scaler if self.grad_scaler.is_enabled() else None)
+        scaler = self.grad_scaler if self.grad_scaler.is_enabled() else None
+        if self.config.fsdp:
+            saved = ckpt.load_checkpoint(path, None, None, self.scheduler, scaler)
+            fsdp.load_full_states(self.model, self.optimizer, saved, path)
+        else:
+            saved = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, scaler)
         self.params.update({k: v for k, v in saved["params"].items()
                             if k not in ("rng_states", "world_size", "trainable_only")})
         if self.model_avg is not None:
-            if saved.get("model_avg") is None:
+            if saved.get("model_avg_live") is not None:  # ours: the float64 average as it was in memory
+                self.model_avg = dict(saved["model_avg_live"])
+            elif saved.get("model_avg") is None:
                 logging.warning(f"{path} has no model_avg: the running average restarts here")
                 self.params["avg_batch_idx"] = self.params["batch_idx_train"]
-            else:
+            else:  # icefall's file: its float32 average covers every batch
                 self.model_avg = {k: v.to(torch.float64) if v.is_floating_point() else v
                                   for k, v in saved["model_avg"].items()}
+                self.params["avg_batch_idx"] = self.params["batch_idx_train"]
         if self.start_batch > 0:
             # Mid-epoch: continue the saved RNG streams. (At an epoch boundary the
             # epoch's own seeding already reproduces the uninterrupted run.)
@@ -233,7 +259,10 @@ class Trainer:
 
     # ---- training --------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
-        """Train from --start-epoch/--start-batch to --num-epochs; returns ``params``."""
+        """Train from --start-epoch/--start-batch to --num-epochs; returns ``params``.
+        Raises :class:`Preempted` after saving when a preemption signal arrived."""
+        if self.config.preemption_signals:
+            self.preemption = PreemptionGuard(self.config.preemption_signals).install()
         start_epoch = self.resume()
         last_epoch = self.config.num_epochs
         if self.config.max_steps and self.params["batch_idx_train"] >= self.config.max_steps:
@@ -248,13 +277,26 @@ class Trainer:
             self.params["cur_epoch"] = epoch
             self.train_one_epoch(epoch)
             if self.should_stop:
-                self._stop()
+                path = self._stop()
+                if self.preempted_by is not None:
+                    self._exit_preempted(path)
                 break
             self.end_epoch(epoch)
         if self.tb_writer is not None:
             self.tb_writer.close()
         barrier()
+        if self.preemption is not None:
+            self.preemption.close()
         return self.params
+
+    def _exit_preempted(self, path: Path) -> None:
+        """Every rank has saved (``save`` ends in a barrier): tell the launcher, stop."""
+        if self.is_main:
+            write_marker(path, self.preempted_by, int(self.params["batch_idx_train"]))
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+        barrier()
+        raise Preempted(path, self.preempted_by)
 
     def _start_epoch_iterator(self, epoch: int):
         fix_random_seed(self.config.seed + epoch - 1 + _RANK_SEED_STRIDE * self.dist.rank)
@@ -324,6 +366,11 @@ class Trainer:
         except torch.OutOfMemoryError as error:
             handle_out_of_memory(self, batch, error)
             return None
+        if seen.get("preempt"):
+            # Every rank read the same reduced flag: all stop after this step.
+            self.preempted_by = getattr(self.preemption, "received", None) or "a signal to another rank"
+            self.should_stop = True
+            logging.warning(f"{self.preempted_by}: stopping after batch {self.params['batch_idx_train']} to save")
         if self.optimizer.skipped:
             self._skip_bad_batch(self.optimizer.skipped)
             return None
@@ -337,8 +384,9 @@ class Trainer:
 
     def _loss_fn(self, batch):
         """``loss_fn(grad_enabled)`` for the optimiser, and what its first call saw (the
-        metrics, the global normaliser). The normaliser and the non-finite check take
-        one all-reduce, so every rank agrees to skip a bad batch (DDP would hang)."""
+        metrics, the global normaliser). The normaliser, the non-finite check and the
+        preemption flag take one all-reduce, so every rank agrees to skip a bad batch
+        (DDP would hang) and on the step after which to stop."""
         seen: Dict[str, Any] = {}
         cache: Optional[dict] = {} if self.zeroth_order and self.config.cache_frozen else None
 
@@ -349,13 +397,15 @@ class Trainer:
             if "scale" not in seen:
                 seen["info"] = info
                 frames = float(info.get("frames", 0.0)) if self.config.loss_norm == "frames" else 1.0
-                stats = torch.tensor([frames, 0.0 if torch.isfinite(loss).item() else 1.0],
+                preempt = 1.0 if self.preemption is not None and self.preemption.requested else 0.0
+                stats = torch.tensor([frames, 0.0 if torch.isfinite(loss).item() else 1.0, preempt],
                                      dtype=torch.float64, device=self.device)
                 all_reduce_sum(stats)
                 if float(stats[0]) <= 0:
                     raise ValueError("compute_loss reported 0 frames on every rank: set info['frames'] "
                                      "(or train with --loss-norm sum)")
                 seen["bad"] = bool(stats[1] > 0)
+                seen["preempt"] = bool(stats[2] > 0)
                 seen["scale"] = get_world_size() / float(stats[0]) if self.config.loss_norm == "frames" else 1.0
             if seen["bad"]:
                 return torch.full((), math.nan, device=loss.device)
@@ -395,24 +445,40 @@ class Trainer:
         if self.config.max_steps and b >= self.config.max_steps:
             self.should_stop = True
 
-    def _stop(self) -> None:
-        """An early stop (the step budget, or a hook): validate and save where it stopped,
-        so the run can be resumed or its last weights decoded."""
+    def _stop(self) -> Path:
+        """An early stop (the step budget, a hook, a preemption signal): save where it
+        stopped, so the run can be resumed or its last weights decoded."""
         b = int(self.params["batch_idx_train"])
         logging.info(f"stopping at batch {b}" + (" (--max-steps)" if b >= (self.config.max_steps or b + 1) else ""))
         path = self.exp_dir / f"checkpoint-{b}.pt"
         if not path.is_file():
             self.save(path)
+        return path
 
     def update_model_avg(self) -> None:
         """Fold the current model into the running average, weighting it by the batches
         since the last update (so short runs and partial periods still average right)."""
         b, last = int(self.params["batch_idx_train"]), int(self.params["avg_batch_idx"])
-        if self.model_avg is None or b <= last:
+        if self.config.average_period <= 0 or b <= last:
             return
-        ckpt.update_averaged_model(self.model_avg, ckpt.model_state_dict(self.model, self.config.save_trainable_only),
-                                   (b - last) / b)
+        state = self._model_state()  # every rank: a collective under FSDP
+        if self.model_avg is not None:
+            ckpt.update_averaged_model(self.model_avg, state, (b - last) / b)
         self.params["avg_batch_idx"] = b
+
+    def _model_avg_for_file(self) -> Optional[Dict[str, torch.Tensor]]:
+        """The average over exactly batch_idx_train batches (icefall's ``model_avg``): the
+        partial period folded into a copy, so the running average itself, and a run
+        resumed from the file, go on exactly as without the save."""
+        b, last = int(self.params["batch_idx_train"]), int(self.params["avg_batch_idx"])
+        if self.config.average_period <= 0 or b <= last:
+            return self.model_avg
+        state = self._model_state()  # every rank: a collective under FSDP
+        if self.model_avg is None:
+            return None
+        flushed = {k: v.clone() for k, v in self.model_avg.items()}
+        ckpt.update_averaged_model(flushed, state, (b - last) / b)
+        return flushed
 
     def _log_train(self, info: MetricsTracker, epoch: int) -> None:
         b = int(self.params["batch_idx_train"])
@@ -437,11 +503,14 @@ class Trainer:
         was_training = model.training
         model.eval()
         total: Optional[MetricsTracker] = None
-        for batch in self.valid_dl:
+        batches = fsdp.lockstep(self.valid_dl, self._any_rank) if self.config.fsdp else (
+            (batch, True) for batch in self.valid_dl)
+        for batch, counted in batches:
             with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 _, info = model.compute_loss(batch)
-            total = info if total is None else total + info
+            if counted:
+                total = info if total is None else total + info
         total = total if total is not None else MetricsTracker()
         total.reduce(self._reduce_device())
         model.train(was_training)
@@ -455,6 +524,10 @@ class Trainer:
         for hook in self.valid_hooks:
             hook(self, total)
         return total
+
+    def _any_rank(self, flag: bool) -> bool:
+        value = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=self.device)
+        return bool(all_reduce_sum(value) > 0)
 
     def end_epoch(self, epoch: int) -> None:
         if self.valid_dl is not None:
@@ -473,16 +546,20 @@ class Trainer:
         return gathered
 
     def save(self, path: Path) -> None:
-        """Every rank calls this (RNG states are gathered); rank 0 writes."""
+        """Every rank calls this (RNG states, and FSDP's shards, are gathered); rank 0 writes."""
         rng_states = self._gather_rng_states()
+        model_avg = self._model_avg_for_file()
+        model_state = optimizer_state = None
+        if self.config.fsdp:
+            model_state = self._model_state()
+            optimizer_state = fsdp.full_optimizer_state(self.model, self.optimizer)
         if self.is_main:
-            # Flush the partial averaging period so the file's model_avg covers
-            # exactly batch_idx_train batches.
-            self.update_model_avg()
-            params = dict(self.params, rng_states=rng_states)
+            params = dict(self.params, rng_states=rng_states, fsdp=self.config.fsdp)
+            extra = {"model_avg_live": self.model_avg} if self.model_avg is not None else None
             ckpt.save_checkpoint(path, self.model, params, self.optimizer, self.scheduler,
-                                 self.grad_scaler, sampler_state(self.train_dl), self.model_avg,
-                                 self.config.save_trainable_only)
+                                 self.grad_scaler, sampler_state(self.train_dl), model_avg,
+                                 self.config.save_trainable_only, extra=extra, model_state=model_state,
+                                 optimizer_state=optimizer_state)
         barrier()
 
 

@@ -33,9 +33,17 @@ class TrainingConfig:
                 "0 = stop at the first. Under DDP an OOM always stops"})
     scan_oom: bool = field(default=True, metadata={
         "help": "on a GPU, first run forward+backward on the epoch's most pessimistic batches (icefall's scan)"})
+    preemption_signals: List[str] = field(default_factory=lambda: ["SIGUSR1", "SIGTERM"], metadata={
+        "help": "comma-separated signals on which every rank finishes its step, saves checkpoint-B.pt and "
+                "exits with status 75 (resume: the same command with --start-epoch auto); empty = off"})
     use_fp16: bool = field(default=False, metadata={"help": "CUDA only"})
     use_bf16: bool = field(default=False, metadata={"help": "CUDA only"})
     find_unused_parameters: bool = field(default=False, metadata={"help": "DDP"})
+    fsdp: bool = field(default=False, metadata={
+        "help": "shard parameters, gradients and optimiser state over the ranks (FSDP2) instead of DDP: "
+                "for LLMs that do not fit one GPU; checkpoints are consolidated into one file"})
+    fsdp_units: str = field(default=r"DecoderLayer$|EncoderLayer$", metadata={
+        "help": "regex on module class names: each match is one FSDP unit (gathered while it runs)"})
     save_every_n: int = field(default=4000, metadata={"help": "checkpoint-B.pt period in batches, 0 = off"})
     keep_last_k: int = field(default=30, metadata={"help": "checkpoint-B.pt files kept"})
     average_period: int = field(default=200, metadata={

@@ -10,6 +10,7 @@ optimiser of the registry (``--optimizer mezo``).
 
 import argparse
 import logging
+import time
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -150,6 +151,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-cuts", type=int, default=24)
     parser.add_argument("--max-duration", type=float, default=2.0, help="seconds per batch")
     parser.add_argument("--spec-augment", type=str2bool, default=True)
+    parser.add_argument("--seconds-per-batch", type=float, default=0.0,
+                        help="sleep before each batch: a run slow enough to be signalled mid-way (tests)")
     return parser
 
 
@@ -162,9 +165,10 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     valid_dl = make_toy_dataloader(make_toy_cuts(8), args.max_duration, shuffle=False)
     torch.manual_seed(config.seed)  # same initial model on every rank
     model = ToyModel(spec_augment=make_spec_augment() if args.spec_augment else None)
+    hooks = [lambda trainer: time.sleep(args.seconds_per_batch)] if args.seconds_per_batch > 0 else []
     trainer = Trainer(config, model, train_dl, valid_dl, dist_info,
                       optimizer_config=dataclass_from_args(OptimizerConfig, args),
-                      scheduler_config=dataclass_from_args(SchedulerConfig, args))
+                      scheduler_config=dataclass_from_args(SchedulerConfig, args), batch_hooks=hooks)
     params = trainer.fit()
     logging.info(f"done: best valid loss {params['best_valid_loss']:.4f}")
     cleanup_dist()
