@@ -219,3 +219,26 @@ def test_mose_one_slot_per_encoder_and_dropped_slots(llm_dir):
     grads = [p.grad for p in model.projectors[1].parameters()]
     assert all(g is not None and torch.count_nonzero(g) == 0 for g in grads)
     assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in model.projectors[0].parameters())
+
+
+def test_projector_output_starts_at_the_token_embedding_scale(llm_dir):
+    from speechadapt.models.llm_asr import token_embedding_rms
+
+    x, lens = features([90, 70])
+    token_norm = load_llm_for_asr(llm_dir)[0].get_input_embeddings().weight.detach().norm(dim=-1).mean()
+
+    def frame_norm(model):
+        model.eval()
+        frames, frame_lens = model.encode(x, lens)[0]
+        return torch.cat([frames[i, : frame_lens[i]] for i in range(2)]).norm(dim=-1).mean()
+
+    normed = make_model(llm_dir)
+    assert normed.projectors[0].out_norm.weight.eq(token_embedding_rms(normed.llm)).all()
+    assert 0.9 < float(frame_norm(normed) / token_norm) < 1.1
+    plain = make_model(llm_dir, projector_norm=False)
+    assert plain.projectors[0].out_norm is None
+    assert "projectors.0.out_norm.weight" not in plain.trainable_state_dict()
+    assert "projectors.0.out_norm.weight" in normed.trainable_state_dict()
+    # The scale is learnt from there: the gain is a trainable parameter.
+    assert normed.projectors[0].out_norm.weight.requires_grad
+    assert abs(float(frame_norm(plain) / token_norm) - 1) > 0.1  # the old init is off that scale

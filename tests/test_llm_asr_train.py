@@ -128,7 +128,7 @@ def test_text_pretraining_beats_unigram(tmp_path):
     report = pretrain_text_lm.main_report([
         "--train-text", str(tmp_path / "train.txt"), "--valid-text", str(tmp_path / "valid.txt"),
         "--out-dir", str(out), "--num-epochs", "3", "--hidden-size", "64", "--intermediate-size", "128",
-        "--tokenizer-vocab-size", "300", "--batch-size", "16", "--base-lr", "5e-3",
+        "--tokenizer-vocab-size", "300", "--batch-size", "16", "--base-lr", "5e-3", "--copy-examples", "false",
         "--exp-dir", str(tmp_path / "lm-exp"), "--tensorboard", "false"])
     assert report["valid_perplexity"] < report["unigram_perplexity"] < report["valid_perplexity_before_training"]
     assert json.loads((out / "pretrain_report.json").read_text()) == report
@@ -144,6 +144,35 @@ def test_text_pretraining_beats_unigram(tmp_path):
             "--out-dir", str(tmp_path / "lm0"), "--num-epochs", "0", "--hidden-size", "32",
             "--intermediate-size", "64", "--tokenizer-vocab-size", "300", "--exp-dir", str(tmp_path / "lm0-exp")])
     assert not (tmp_path / "lm0").exists() and not (tmp_path / "lm0.partial").exists()
+
+
+def test_text_pretraining_learns_to_copy_from_the_speech_slot_and_checks_it(tmp_path):
+    from speechadapt.data.grammar import unique_sentences
+
+    sentences = unique_sentences(260, seed=3)
+    (tmp_path / "train.txt").write_text("\n".join(sentences[:220]) + "\n")
+    (tmp_path / "valid.txt").write_text("\n".join(sentences[220:]) + "\n")
+    flags = ["--train-text", str(tmp_path / "train.txt"), "--valid-text", str(tmp_path / "valid.txt"),
+             "--num-epochs", "4", "--hidden-size", "64", "--intermediate-size", "128", "--tokenizer-vocab-size",
+             "300", "--batch-size", "16", "--base-lr", "5e-3", "--tensorboard", "false"]
+    out = tmp_path / "lm"
+    report = pretrain_text_lm.main_report(flags + ["--out-dir", str(out), "--exp-dir", str(tmp_path / "a"),
+                                                   "--min-copy-accuracy", "0.1"])
+    assert report["copy_examples"] and report["copy_accuracy"] > report["copy_accuracy_before_training"] + 0.1
+    saved = safe_torch_load(tmp_path / "a" / "epoch-4.pt")
+    assert saved["params"]["batch_idx_train"] == 4 * 28  # every sentence twice: plain and copy
+    # The speech tokens were added (and trained) before pre-training: LLM-ASR finds them in place.
+    rows = saved["model"]["lm.model.embed_tokens.weight"].shape[0]
+    llm, tokenizer = load_llm_for_asr(out)
+    assert llm.get_input_embeddings().weight.shape[0] == rows
+    embed = llm.get_input_embeddings().weight
+    start = tokenizer.convert_tokens_to_ids("<start_speech>")
+    assert torch.equal(embed[start], saved["model"]["lm.model.embed_tokens.weight"][start])
+    # Below the threshold the stage fails, naming it, and leaves no model behind.
+    with pytest.raises(pretrain_text_lm.CopyAccuracyError, match="--min-copy-accuracy 0.99"):
+        pretrain_text_lm.main_report(flags + ["--out-dir", str(tmp_path / "weak"), "--exp-dir", str(tmp_path / "b"),
+                                              "--num-epochs", "1", "--min-copy-accuracy", "0.99"])
+    assert not (tmp_path / "weak").exists()
 
 
 def _mose_ddp_worker(rank, world_size, llm_dir, out_dir):
@@ -201,3 +230,32 @@ def test_read_texts_from_text_file_and_cut_manifest(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(ValueError, match="no text"):
         pretrain_text_lm.read_texts(tmp_path / "empty.txt")
+
+
+def _first_train_batches(kind, root, num=3):
+    from speechadapt.bin import train
+    from speechadapt.data.datamodule import AsrDataModule, DataConfig
+    from speechadapt.utils.flags import dataclass_from_args, parse_args
+
+    from mini_corpus import data_flags  # noqa: E402 (tests/ is on sys.path)
+
+    required = {"llm_asr": ["--llm-dir", "unused", "--encoder-ckpt", "unused"],
+                "zipformer_ctc": ["--lang-dir", "unused"]}[kind]
+    args = parse_args(train.get_parser, ["--model", kind, "--train-split", "train", "--exp-dir", str(root / "x"),
+                                         *required, *data_flags(root)], entry_point="train")
+    data = AsrDataModule(dataclass_from_args(DataConfig, args), "fbank", seed=1)
+    cuts = data.load_cuts("train")
+    stored = {c.id: torch.from_numpy(c.load_features()) for c in cuts}
+    batches = []
+    for batch, _ in zip(data.train_dataloaders(cuts), range(num)):
+        batches.append([(batch.inputs[i, : int(batch.input_lens[i])], stored[cut_id])
+                        for i, cut_id in enumerate(batch.cut_ids)])
+    return batches
+
+
+def test_llm_asr_training_batches_reach_the_frozen_encoder_unaugmented_by_default(trained_mini_ctc):
+    llm = _first_train_batches("llm_asr", trained_mini_ctc)
+    assert all(torch.equal(seen, stored) for batch in llm for seen, stored in batch)
+    # The same loader with the CTC kind's defaults masks them (so the check above can fail).
+    ctc = _first_train_batches("zipformer_ctc", trained_mini_ctc)
+    assert any(not torch.equal(seen, stored) for batch in ctc for seen, stored in batch)

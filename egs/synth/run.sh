@@ -61,10 +61,10 @@ fi
 
 # ---- 20-29 LLM-ASR and MoSE --------------------------------------------------------
 if stage_in 20; then
-  stage_begin 20 "text pre-training of the tiny Qwen2 on source_train text"
+  stage_begin 20 "text pre-training of the tiny Qwen2 on source_train text, plain and as copy examples"
   $llm_env python -m speechadapt.bin.pretrain_text_lm --train-text $fbank/synth_cuts_source_train.jsonl.gz \
     --valid-text $fbank/synth_cuts_source_dev.jsonl.gz --out-dir $lm_dir --exp-dir $exp_root/tiny_qwen2_train \
-    --num-epochs $lm_epochs --hidden-size 256 --num-hidden-layers 2
+    --num-epochs $lm_epochs --hidden-size 256 --num-hidden-layers 2 --min-copy-accuracy $lm_min_copy_accuracy
   stage_end
 fi
 

@@ -14,7 +14,8 @@ ctc_max_duration=100
 # second encoder for MoSE: same size, another seed, shorter
 ctc2_epochs=4
 # LLM-ASR / MoSE
-lm_epochs=4
+lm_epochs=8
+lm_min_copy_accuracy=0.9  # held-out copy accuracy the tiny LM must reach (bin/pretrain_text_lm.py)
 lora_r=64
 lora_alpha=16
 llm_epochs=6

@@ -55,6 +55,9 @@ class LlmAsrConfig:
     # saves in checkpoints, so resume is exact).
     mose_slot_dropout: float = field(default=0.0, metadata={
         "help": "MoSE: drop each encoder's slot with this probability in training"})
+    projector_norm: bool = field(default=True, metadata={
+        "help": "RMS-normalise each projector's output, its gain starting at the RMS of the LLM's token "
+                "embeddings (speech frames at the scale of text at initialisation)"})
 
 
 @dataclass
@@ -76,6 +79,12 @@ def apply_lora(llm: nn.Module, config: LlmAsrConfig) -> nn.Module:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(llm, lora)
+
+
+def token_embedding_rms(llm: nn.Module) -> float:
+    """The mean root-mean-square of the LLM's token embedding rows."""
+    weight = llm.get_input_embeddings().weight.detach().float()
+    return float(weight.pow(2).mean(dim=-1).sqrt().mean())
 
 
 def sample_slot_mask(batch_size: int, num_slots: int, p: float,
@@ -113,8 +122,10 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
             p.requires_grad_(False)
         self.encoders.eval()
         hidden = llm.get_input_embeddings().embedding_dim
+        output_rms = token_embedding_rms(llm) if config.projector_norm else None
         self.projectors = nn.ModuleList(
-            FrameStackProjector(_output_dim(enc), config.stack_k, hidden, config.projector_dropout) for enc in encoders
+            FrameStackProjector(_output_dim(enc), config.stack_k, hidden, config.projector_dropout, output_rms)
+            for enc in encoders
         )
         self._init_speech_tokens(llm, config.train_special_tokens)
         if config.use_lora:

@@ -141,6 +141,7 @@ def rebuild_llm_asr_model(spec: dict, device="cpu") -> LlmAsrModel:
     if changed:
         raise ValueError(f"the LLM-ASR model was trained on other versions of {changed}: these files are "
                          f"missing or changed since (retrained?); retrain the LLM-ASR stage, or restore them")
-    options = config_from_dict(LlmAsrOptions, {**spec["config"], **{k: spec[k] for k in (
+    # A spec from before the projector norm existed describes a projector without one.
+    options = config_from_dict(LlmAsrOptions, {"projector_norm": False, **spec["config"], **{k: spec[k] for k in (
         "llm_dir", "encoder_ckpt", "encoder_preset", "encoder_pad_invariant", "llm_dtype")}})
     return build_llm_asr_model(options, device)

@@ -180,8 +180,10 @@ MODEL_KINDS: Dict[str, ModelKind] = {
         "icefall Zipformer encoder + CTC head on fbank (ScaledAdam + Eden by default)"),
     "llm_asr": ModelKind(
         "llm_asr", _llm_asr_options, _build_llm_asr, _rebuild_llm_asr, _check_llm_asr,
+        # No SpecAugment by default: the frozen encoder never saw masked input, so masking
+        # only corrupts what the LLM is taught to read (synth: its CTC WER 13.4% -> 69.5%).
         dict(optimizer="adamw", base_lr=1e-4, scheduler="eden", warmup_batches=100.0,
-             save_trainable_only=True, max_grad_norm=5.0),
+             save_trainable_only=True, max_grad_norm=5.0, enable_spec_aug=False),
         "frozen Zipformer encoder(s) + projector(s) + Qwen2 with LoRA; several encoders = MoSE"),
     "hf_ctc": ModelKind(
         "hf_ctc", lambda: HfCtcOptions, _build_hf_ctc, _rebuild_hf_ctc, _check_hf_dir("ctc"), dict(_FINE_TUNE),
