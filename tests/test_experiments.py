@@ -98,6 +98,12 @@ def test_mose_trains_and_decodes_from_its_directory(corpus, tmp_path):
     assert saved["params"]["trainable_only"] is True  # the kind's training default
     assert not any(k.startswith("encoders.") for k in saved["model"])
     assert any(k.startswith("projectors.1.") for k in saved["model"])
+    assert "projectors.1.out_norm.weight" in saved["model"]  # the projector norm is on by default
+    # A spec written before the projector norm existed rebuilds the projector it trained.
+    from speechadapt.models.llm_asr_build import rebuild_llm_asr_model
+
+    old_spec = dict(spec, config={k: v for k, v in spec["config"].items() if k != "projector_norm"})
+    assert all(p.out_norm is None for p in rebuild_llm_asr_model(old_spec).projectors)
 
     wers = decode_alone(corpus, exp, "--epoch", "2", "--use-averaged-model", "true", "--max-new-tokens", "8")
     key = "greedy-epoch-2-avg-1-use-averaged-model"

@@ -85,28 +85,35 @@ if stage_in 22; then
 fi
 
 if stage_in 23; then
-  stage_begin 23 "second Zipformer-CTC encoder for MoSE (another seed)"
-  $dist_py speechadapt.bin.train $ctc_flags --exp-dir $ctc2_exp --num-epochs $ctc2_epochs --seed 7
+  stage_begin 23 "second Zipformer-CTC encoder for MoSE ($ctc2_preset, another seed)"
+  $dist_py speechadapt.bin.train $ctc_flags --encoder-preset $ctc2_preset --exp-dir $ctc2_exp \
+    --num-epochs $ctc2_epochs --seed 7
   python -m speechadapt.bin.average_checkpoints --exp-dir $ctc2_exp --epoch $ctc2_epochs \
     --avg $ctc_avg --use-averaged-model true
   $dist_py speechadapt.bin.decode --exp-dir $ctc2_exp --epoch $ctc2_epochs --avg $ctc_avg \
-    --use-averaged-model true --method zipformer-ctc-seed2 $decode_flags
+    --use-averaged-model true --method zipformer-ctc-$ctc2_preset $decode_flags
   stage_end
 fi
 
 mose_encoders="$ctc_exp/$ctc_model,$ctc2_exp/epoch-$ctc2_epochs-avg-$ctc_avg.pt"
+# One MoSE per slot dropout of the profile's grid; the dev WERs of stage 25 choose among them.
 if stage_in 24; then
-  stage_begin 24 "train MoSE (two frozen encoders, slot dropout $mose_slot_dropout)"
-  $llm_env $dist_py speechadapt.bin.train $llm_flags --exp-dir $exp_root/mose --encoder-ckpt $mose_encoders \
-    --encoder-preset $ctc_preset --mose-slot-dropout $mose_slot_dropout
-  stage_end
+  for p in $mose_slot_dropouts; do
+    stage_begin 24 "train MoSE ($ctc_preset + $ctc2_preset encoders, slot dropout $p)"
+    $llm_env $dist_py speechadapt.bin.train $llm_flags --exp-dir $exp_root/mose_p$p --encoder-ckpt $mose_encoders \
+      --encoder-preset $ctc_preset,$ctc2_preset --mose-slot-dropout $p
+    stage_end
+  done
 fi
 
 if stage_in 25; then
-  stage_begin 25 "decode MoSE (all slots)"
-  $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/mose --epoch $llm_epochs --avg $llm_avg \
-    --use-averaged-model true $decode_flags
-  stage_end
+  for p in $mose_slot_dropouts; do
+    stage_begin 25 "decode MoSE (slot dropout $p, all slots) on the dev and test sets"
+    $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/mose_p$p --epoch $llm_epochs --avg $llm_avg \
+      --use-averaged-model true $decode_flags --method mose-p$p \
+      --test-sets source_dev,target_dev,source_test,target_test
+    stage_end
+  done
 fi
 
 # ---- 30-39 fine-tuning on the target domain (first-order and zeroth-order) ----------

@@ -10,6 +10,8 @@ ctc_preset=tiny
 ctc_epochs=2
 ctc_avg=1
 ctc_max_duration=60
+# second encoder for MoSE: another preset (every stack two layers deep), another seed
+ctc2_preset=tiny-deep
 ctc2_epochs=1
 lm_epochs=3
 lm_min_copy_accuracy=0  # wiring only: 3 epochs do not teach copying
@@ -19,7 +21,7 @@ llm_epochs=1
 llm_avg=1
 llm_max_duration=60
 llm_lr=5e-4
-mose_slot_dropout=0.3
+mose_slot_dropouts="0.3"  # one MoSE each, chosen on the dev sets (stage 25)
 plot_dir=plots-fast
 # fine-tuning on target_adapt (stages 30-37)
 ft_max_duration=60

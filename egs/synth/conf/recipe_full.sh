@@ -11,8 +11,9 @@ ctc_preset=tiny
 ctc_epochs=8
 ctc_avg=3
 ctc_max_duration=100
-# second encoder for MoSE: same size, another seed, shorter
-ctc2_epochs=4
+# second encoder for MoSE: another preset (every stack two layers deep), another seed
+ctc2_preset=tiny-deep
+ctc2_epochs=8
 # LLM-ASR / MoSE
 lm_epochs=8
 lm_min_copy_accuracy=0.9  # held-out copy accuracy the tiny LM must reach (bin/pretrain_text_lm.py)
@@ -22,7 +23,7 @@ llm_epochs=6
 llm_avg=3
 llm_max_duration=100
 llm_lr=5e-4
-mose_slot_dropout=0.3
+mose_slot_dropouts="0.0 0.3"  # one MoSE each, chosen on the dev sets (stage 25)
 plot_dir=plots
 # fine-tuning on target_adapt (stages 30-37): 30 s batches; budgets per optimiser family
 ft_max_duration=30
