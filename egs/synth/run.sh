@@ -28,7 +28,7 @@ lang=$data_dir/lang_bpe_$vocab_size
 results=$exp_root/results.jsonl
 data_flags="--manifest-dir $fbank --cuts-prefix synth --num-workers $num_workers --num-buckets $num_buckets"
 ctc_exp=$exp_root/ctc
-ctc2_exp=$exp_root/ctc_seed2
+ctc2_exp=$exp_root/ctc2_$ctc2_preset
 ctc_model=epoch-$ctc_epochs-avg-$ctc_avg.pt
 lm_dir=$exp_root/tiny_qwen2
 # Settings shared by both profiles are in conf/*.yaml; sizes come from the profile.
