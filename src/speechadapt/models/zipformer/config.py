@@ -168,21 +168,6 @@ _PRESETS = {
         cnn_module_kernel=(15, 15, 7, 7, 7, 15),
         layer3_channels=32,
     ),
-    # The synth MoSE's second encoder: tiny's widths, every stack two layers deep.
-    "tiny-deep": dict(
-        num_encoder_layers=(2, 2, 2, 2, 2, 2),
-        downsampling_factor=(1, 2, 4, 8, 4, 2),
-        encoder_dim=(32, 48, 64, 80, 64, 48),
-        encoder_unmasked_dim=(32, 32, 48, 48, 48, 32),
-        feedforward_dim=(64, 96, 128, 192, 128, 96),
-        num_heads=(2, 2, 2, 4, 2, 2),
-        query_head_dim=8,
-        value_head_dim=4,
-        pos_head_dim=4,
-        pos_dim=16,
-        cnn_module_kernel=(15, 15, 7, 7, 7, 15),
-        layer3_channels=32,
-    ),
     "small": dict(
         _ICEFALL_STACKS,
         num_encoder_layers=(2, 2, 2, 2, 2, 2),
@@ -199,6 +184,9 @@ _PRESETS = {
         encoder_unmasked_dim=(192, 192, 256, 320, 256, 192),
     ),
 }
+
+# The synth MoSE's second encoder: tiny's widths, every stack two layers deep.
+_PRESETS["tiny-deep"] = dict(_PRESETS["tiny"], num_encoder_layers=(2, 2, 2, 2, 2, 2))
 
 PRESET_NAMES = tuple(_PRESETS)
 
