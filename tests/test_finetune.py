@@ -141,3 +141,14 @@ def test_whisper_from_a_local_directory_with_separate_encoder_and_decoder_rates(
                        "--train-split", "adapt", *data_flags(source), "--objective", "wer", "--optimizer", "mezo",
                        "--max-steps", "1"])
     assert not (tmp_path / "w2" / "last.pt").exists()
+
+
+def test_resuming_a_run_whose_source_model_changed_is_refused(source, tmp_path):
+    exp = tmp_path / "ft"
+    run(source, exp, "--optimizer", "adamw", "--params", "norms", "--base-lr", "1e-3", "--max-steps", "2",
+        "--eval-every", "2", "--save-every-n", "1")
+    spec = json.loads((exp / "model.json").read_text())
+    (exp / "model.json").write_text(json.dumps(dict(spec, vocab_size=spec.get("vocab_size", 0) + 1)))
+    with pytest.raises(ValueError, match="describes another model than this command builds"):
+        run(source, exp, "--optimizer", "adamw", "--params", "norms", "--base-lr", "1e-3", "--max-steps", "4",
+            "--eval-every", "2", "--start-epoch", "auto")

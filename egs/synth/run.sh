@@ -13,14 +13,17 @@ profile=full        # fast (CI, minutes) or full
 world_size=1
 launcher=local      # local, or slurm: distributed stages via tools/slurm_launch.sh (docs/scale.md)
 start_epoch=auto    # training stages resume from their newest checkpoint; 1 = fresh (refuses an old run)
-usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--world-size N] [--launcher local|slurm] [--start-epoch auto|N]"
+mose_slot_dropouts= # stages 24-25: these slot dropouts ("0.0 0.3") instead of the profile's grid
+usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--world-size N] [--launcher local|slurm] [--start-epoch auto|N] [--mose-slot-dropouts 'P ...']"
 . ../../tools/parse_options.sh
 . ../../tools/setup.sh >/dev/null
 . ../../tools/recipe_lib.sh
 check_stage_range
 set_launcher
 case "$profile" in fast|full) ;; *) echo "$0: unknown profile '$profile'" >&2; exit 1 ;; esac
+_mose_grid=$mose_slot_dropouts
 . conf/recipe_$profile.sh   # data_dir, exp_root and the per-profile sizes below
+mose_slot_dropouts=${_mose_grid:-$mose_slot_dropouts}
 
 stage_times=$exp_root/stage_times.tsv
 fbank=$data_dir/fbank

@@ -38,7 +38,7 @@ from speechadapt.data.prep_utils import comma_list
 from speechadapt.data.text_check import check_transcripts
 from speechadapt.decoding.results import Stopwatch, decode_dataloader, unseen_subset, write_decode_results
 from speechadapt.models.interface import DecodeOptions
-from speechadapt.models.registry import write_spec
+from speechadapt.models.registry import check_same_model, write_spec
 from speechadapt.training.checkpoint import model_state_dict
 from speechadapt.training.dist import cleanup_dist, launch, setup_dist
 from speechadapt.training.loop import NonFiniteLossError, Trainer
@@ -134,6 +134,8 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     peak_infer = inference_peak(model, train_dl, dist_info.device) if training.num_epochs > 0 else 0.0
     evaluator = DevEvaluator(model, dev, training.exp_dir, options.eval_every, decode_opts, save_keys,
                              dist_info.is_main)
+    if trainer.resuming:  # the run's own source, not one retrained since
+        check_same_model(training.exp_dir, spec)
     if dist_info.is_main:
         write_spec(training.exp_dir, spec)
         if dev is not None and not trainer.resuming:

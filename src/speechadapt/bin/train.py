@@ -19,14 +19,12 @@ and the adaptation stages rebuild it. Resume with --start-epoch/--start-batch;
 """
 
 import argparse
-import json
 import logging
-from pathlib import Path
 from typing import Sequence
 
 from speechadapt.data.datamodule import AsrDataModule, DataConfig
 from speechadapt.data.text_check import check_transcripts
-from speechadapt.models.registry import MODEL_KINDS, SPEC_FILE, get_kind, read_spec, write_spec
+from speechadapt.models.registry import MODEL_KINDS, check_same_model, get_kind, write_spec
 from speechadapt.training.dist import cleanup_dist, launch, setup_dist
 from speechadapt.training.loop import Trainer
 from speechadapt.training.optim import OptimizerConfig
@@ -56,18 +54,6 @@ def get_parser(tokens: Sequence[str] = ()) -> argparse.ArgumentParser:
         add_dataclass_arguments(parser, MODEL_KINDS[kind].options(), f"model ({kind})")
         parser.set_defaults(**MODEL_KINDS[kind].training_defaults)
     return parser
-
-
-def check_same_model(exp_dir, spec) -> None:
-    """Resuming a run with another model (kind, size, files) would load mismatched weights."""
-    path = Path(exp_dir) / SPEC_FILE
-    if not path.is_file():
-        return
-    saved = read_spec(exp_dir)
-    if saved != json.loads(json.dumps(spec)):
-        keys = sorted(k for k in set(saved) | set(spec) if saved.get(k) != json.loads(json.dumps(spec.get(k))))
-        raise ValueError(f"{path} describes another model than this command builds (differing: {keys}); resume "
-                         f"with the flags of that run, or start a fresh run elsewhere")
 
 
 def run(rank: int, world_size: int, args: argparse.Namespace) -> None:

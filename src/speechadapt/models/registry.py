@@ -209,6 +209,18 @@ def write_spec(exp_dir, spec: Dict[str, Any]) -> Path:
     return atomic_write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n", Path(exp_dir) / SPEC_FILE)
 
 
+def check_same_model(exp_dir, spec: Dict[str, Any]) -> None:
+    """Resuming a run with another model (kind, size, files) would load mismatched weights."""
+    path = Path(exp_dir) / SPEC_FILE
+    if not path.is_file():
+        return
+    saved = read_spec(exp_dir)
+    if saved != json.loads(json.dumps(spec)):
+        keys = sorted(k for k in set(saved) | set(spec) if saved.get(k) != json.loads(json.dumps(spec.get(k))))
+        raise ValueError(f"{path} describes another model than this command builds (differing: {keys}); resume "
+                         f"with the flags of that run, or start a fresh run elsewhere")
+
+
 def read_spec(exp_dir) -> Dict[str, Any]:
     path = Path(exp_dir) / SPEC_FILE
     if not path.is_file():
