@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Dict, Sequence
 
 import torch
+from lhotse import CutSet
 
-from speechadapt.adapt.finetune import DevEvaluator, FinetuneOptions, lr_scale_function, run_record, select_tuned
+from speechadapt.adapt.finetune import (DevEvaluator, FinetuneOptions, hold_upstream, lr_scale_function, run_record,
+                                        select_tuned)
 from speechadapt.adapt.objectives import ExpectedWer, supports_expected_wer
 from speechadapt.adapt.source import add_source_arguments, check_source, load_source
 from speechadapt.data.datamodule import AsrDataModule, DataConfig, split_name
@@ -115,7 +117,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     adapters_only = spec["kind"] == "llm_asr"  # its checkpoints hold the trainable parts (LoRA ...)
     save_keys = list(model_state_dict(model, trainable_only=adapters_only))
     training.save_trainable_only = adapters_only
-    tuned = select_tuned(model, options.params) if training.num_epochs > 0 else []  # zero-shot tunes nothing
+    tuned = select_tuned(model, options.params, options.freeze_frontend) if training.num_epochs > 0 else []
     objective = None
     if options.objective == "wer":
         if not supports_expected_wer(model):
@@ -126,20 +128,22 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     train_cuts = check_transcripts(data.load_cuts(args.train_split), model.unknown_characters,
                                    data_config.max_bad_transcripts, args.train_split)
     train_dl = data.train_dataloaders(train_cuts, world_size=dist_info.world_size, rank=dist_info.rank)
-    dev = data.test_dataloaders(data.load_cuts(args.valid_split)) if args.valid_split else None
+    dev = data.test_dataloaders(dev_cuts(data, args.valid_split, options.dev_subset)) if args.valid_split else None
     trainer = Trainer(training, model, train_dl, None, dist_info, optimizer_config=optim,
                       scheduler_config=dataclass_from_args(SchedulerConfig, args), objective=objective,
                       lr_scale_of=lr_scale_function(model, options.lr_scales))
+    held_steps = hold_upstream(model, trainer, tuned, options.upstream_freeze_ratio, training.max_steps)
     # after the Trainer: building the optimiser imports ~70 MB of modules, not working memory
     peak_infer = inference_peak(model, train_dl, dist_info.device) if training.num_epochs > 0 else 0.0
     evaluator = DevEvaluator(model, dev, training.exp_dir, options.eval_every, decode_opts, save_keys,
-                             dist_info.is_main)
+                             dist_info.is_main, feedback=options)
+    evaluator.held_steps = held_steps
     if trainer.resuming:  # the run's own source, not one retrained since
         check_same_model(training.exp_dir, spec)
     if dist_info.is_main:
         write_spec(training.exp_dir, spec)
         if dev is not None and not trainer.resuming:
-            evaluator.evaluate(0, 0, 0, trainer.tb_writer)
+            evaluator.baseline(trainer)
     if dev is not None:
         trainer.step_hooks.append(evaluator)
     diverged = None
@@ -180,7 +184,9 @@ def finish(args, trainer, evaluator, model, save_keys, source, optim, options, d
                                              zo_eps=getattr(opt, "eps", optim.zo_eps),
                                              zo_num_queries=getattr(opt, "num_queries", optim.zo_num_queries),
                                              best_dev_wer=None if evaluator.best_step < 0 else evaluator.best_wer,
-                                             best_step=evaluator.best_step, diverged=diverged))
+                                             best_step=evaluator.best_step, diverged=diverged,
+                                             **stability_record(trainer, evaluator, options)),
+                       family=options.family)
     method = default_method(args, optim, options)
     wers: Dict[str, float] = {}
     for test_set in args.test_sets:
@@ -195,9 +201,33 @@ def finish(args, trainer, evaluator, model, save_keys, source, optim, options, d
     return wers
 
 
+def dev_cuts(data: AsrDataModule, split: str, subset: int):
+    """The dev cuts, or the first ``subset`` of them by id (the same ones at every evaluation)."""
+    cuts = data.load_cuts(split)
+    if not subset:
+        return cuts
+    chosen = sorted(cuts, key=lambda c: c.id)[:subset]
+    logging.info(f"dev evaluations on {len(chosen)} cuts of {split} (--dev-subset {subset})")
+    return CutSet.from_cuts(chosen)
+
+
+def stability_record(trainer, evaluator, options: FinetuneOptions) -> Dict:
+    """What stable fine-tuning and the metric-driven rate did, for the record."""
+    out = {}
+    if options.freeze_frontend or options.upstream_freeze_ratio:
+        out.update(freeze_frontend=options.freeze_frontend, upstream_held_steps=getattr(evaluator, "held_steps", 0))
+    if options.lr_feedback:
+        out.update(lr_feedback=dict(factor=options.lr_feedback_factor, delta=options.lr_feedback_delta,
+                                    patience=options.lr_feedback_patience, dev_subset=options.dev_subset,
+                                    final_scale=trainer.scheduler.feedback["scale"]))
+    return out
+
+
 def preflight(args: argparse.Namespace) -> None:
     """Fail before spawning anything, with one message, when an input is missing."""
     try:
+        if args.lr_feedback and (not args.valid_split or args.eval_every <= 0):
+            raise ValueError("--lr-feedback true decides on dev evaluations: give --valid-split and --eval-every N")
         check_source(args)
         AsrDataModule(dataclass_from_args(DataConfig, args)).require(args.train_split, args.valid_split,
                                                                       *args.test_sets)

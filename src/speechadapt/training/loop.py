@@ -156,6 +156,8 @@ class Trainer:
         """The run's length in updates, when the schedule needs it and can know it."""
         if scheduler_config is None or not scheduler_config.needs_total_steps or scheduler_config.total_steps:
             return 0
+        if self.config.max_steps:  # a step budget is the run's length
+            return int(self.config.max_steps)
         try:
             return self.config.num_epochs * len(self.train_dl)
         except TypeError:

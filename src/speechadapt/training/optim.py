@@ -128,6 +128,13 @@ class FirstOrderOptimizer:
         self.skipped: Optional[str] = None
         self.last_grad_norm: Optional[float] = None
         self.num_steps = self.num_skipped = self.num_forwards = self.num_backwards = 0
+        self.held: List[nn.Parameter] = []  # not updated while ``holding()`` is true (stable fine-tuning)
+        self.holding: Callable[[], bool] = lambda: False
+
+    def hold(self, params: Sequence[nn.Parameter], while_: Callable[[], bool]) -> None:
+        """Leave ``params`` untouched (no update, no optimiser state, no decay) for as long as
+        ``while_()`` is true: their gradients are dropped before clipping and the step."""
+        self.held, self.holding = list(params), while_
 
     @property
     def param_groups(self) -> List[Dict[str, Any]]:
@@ -175,6 +182,9 @@ class FirstOrderOptimizer:
         if self.accumulated < self.accum_grad:
             return float(loss.detach())
         self.accumulated = 0
+        if self.held and self.holding():
+            for p in self.held:
+                p.grad = None
         with_grad = [p for p in self.params if p.grad is not None]
         scaler = self.grad_scaler if self.grad_scaler.is_enabled() else None
         if scaler is not None:

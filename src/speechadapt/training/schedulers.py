@@ -39,13 +39,16 @@ class LRSchedule:
         self.base_lrs = [g["base_lr"] for g in optimizer.param_groups]
         self.batch = 0
         self.epoch = 0
+        # metric-driven rate (adapt.finetune.wer_feedback): a factor on top of the schedule,
+        # saved with it so a resumed run keeps its cuts
+        self.feedback = {"scale": 1.0, "best": None, "bad": 0}
         self._apply()
 
     def factor(self) -> float:
         raise NotImplementedError
 
     def _apply(self) -> None:
-        f = self.factor()
+        f = self.factor() * float(getattr(self, "feedback", {}).get("scale", 1.0))
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * f
 
