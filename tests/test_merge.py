@@ -153,3 +153,40 @@ def test_different_architectures_and_bad_alphas_are_refused(tuned_pair, tmp_path
         merge.main([*base, "--finetuned", str(tmp_path / "missing.pt"), "--alpha", "0.5"])
     assert "missing.pt does not exist" in str(e.value)
     assert not (tmp_path / "x" / "m.pt").exists()
+
+
+def test_an_adapter_only_llm_asr_merges_with_its_lora_folded_and_loads_back(tmp_path):
+    from speechadapt.models.hf.fixtures import make_tiny_qwen2
+    from speechadapt.models.llm_asr_build import LlmAsrOptions, build_llm_asr_model
+    from speechadapt.models.registry import load_model, write_spec
+    from speechadapt.models.ctc import ZipformerCtc
+    from speechadapt.models.zipformer import get_preset
+    from speechadapt.training.averaging import WeightSelection
+
+    torch.manual_seed(0)
+    llm_dir = make_tiny_qwen2(tmp_path / "qwen2", ["turn on the lights", "call alice"], tokenizer_vocab_size=300,
+                              hidden_size=64, intermediate_size=128)
+    torch.save({"model": ZipformerCtc(get_preset("tiny"), vocab_size=40).state_dict()}, tmp_path / "enc.pt")
+    options = LlmAsrOptions(llm_dir=str(llm_dir), encoder_ckpt=[str(tmp_path / "enc.pt")], lora_r=4, lora_alpha=8)
+    files = []
+    for seed, name in ((1, "base"), (2, "tuned")):  # two LoRA runs: different A and B
+        model = build_llm_asr_model(options)
+        torch.manual_seed(seed)
+        state = model.trainable_state_dict()
+        state = {k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
+        (tmp_path / name).mkdir()
+        write_spec(tmp_path / name, model.spec())
+        torch.save({"model": state}, tmp_path / name / "adapter.pt")
+        files.append(tmp_path / name / "adapter.pt")
+    out = tmp_path / "merged" / "merged.pt"
+    merge.main(["--base", str(files[0]), "--finetuned", str(files[1]), "--alpha", "0.5", "--out", str(out)])
+    merged, _ = load_model(out.parent, WeightSelection(checkpoint=str(out)))
+    members = [load_model(f.parent, WeightSelection(checkpoint=str(f)))[0] for f in files]
+    key = next(n for n, _ in merged.named_modules() if n.endswith("q_proj") and hasattr(_, "lora_A"))
+    layer = dict(merged.named_modules())[key]
+    folded = [fold_lora(m)[f"{key}.base_layer.weight"] for m in members]
+    assert torch.allclose(layer.base_layer.weight, 0.5 * (folded[0] + folded[1]), atol=1e-6)
+    assert torch.count_nonzero(layer.lora_B["default"].weight) == 0  # folded: the adapter adds nothing
+    proj = next(k for k in members[0].trainable_state_dict() if k.startswith("projectors."))
+    a, b = (m.state_dict()[proj] for m in members)
+    assert torch.allclose(merged.state_dict()[proj], 0.5 * (a + b), atol=1e-6)

@@ -193,6 +193,43 @@ if stage_in 44; then
   stage_end
 fi
 
+# ---- 50-59 fine-tuning without forgetting: stable FT, merging, metric-driven rate, augmentation ----
+# The source Zipformer-CTC on target_adapt, each run scored on source_test (what is
+# forgotten), target_test (what is gained) and a speaker-identification probe (stage 55).
+forget_root=$exp_root/forget
+forget() {  # forget CONF STEPS [FLAGS]: one run of conf/forget/CONF.yaml, 20 dev evaluations
+  local every=$(( $2 / 20 > 0 ? $2 / 20 : 1 ))
+  $dist_py speechadapt.bin.finetune --config conf/forget/$1.yaml $ctc_source $ft_data \
+    --exp-dir $forget_root/$1 --max-steps $2 --eval-every $every ${3:-}
+}
+merge_sweep() {  # merge_sweep RUN METHOD: the alpha sweep of RUN's best weights with the source
+  python -m speechadapt.bin.merge --config conf/forget/merge.yaml --base $ctc_exp/$ctc_model \
+    --finetuned $forget_root/$1/best.pt --out $forget_root/merge_$1/merged.pt --method $2 \
+    --test-sets source_test,target_test $data_flags --results $results
+}
+if stage_in 50; then
+  stage_begin 50 "the pre-trained model, then plain fine-tuning (all parameters, constant rate)"
+  forget pretrained 0
+  forget plain_ft $ft_steps_fo
+  stage_end
+fi
+if stage_in 51; then
+  stage_begin 51 "stable fine-tuning: front end frozen, head first, tri-stage rate"
+  forget stable_ft $ft_steps_fo
+  stage_end
+fi
+if stage_in 52; then
+  stage_begin 52 "merging: alpha sweep on the dev sets for plain and stable FT, the pick on the tests"
+  merge_sweep plain_ft plain-ft+merge
+  merge_sweep stable_ft speech-ft
+  stage_end
+fi
+if stage_in 53; then
+  stage_begin 53 "metric-driven rate: halve on a dev plateau, stop after 3"
+  forget metric_lr $ft_steps_fo
+  stage_end
+fi
+
 # ---- 90-99 report ------------------------------------------------------------------
 if stage_in 90; then
   stage_begin 90 "RESULTS and plots from results.jsonl"

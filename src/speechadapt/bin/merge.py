@@ -171,6 +171,9 @@ class Merger:
         for key in self.lora_keys:  # folded: B = 0, so the LoRA layers add nothing
             if ".lora_B." in key:
                 state[key] = torch.zeros_like(own[key])
+        for key in self.stored - set(state):  # LoRA A factors (inert with B = 0): the base's
+            if key in own:
+                state[key] = own[key].detach().clone()
         keep = {k: v for k, v in state.items() if k in self.stored or k not in own}
         out.parent.mkdir(parents=True, exist_ok=True)
         info = dict(alpha=alpha, base=str(self.args.base), finetuned=self.names, include=self.args.include,

@@ -127,6 +127,95 @@ def steps_table(rows: "OrderedDict[Tuple[str, str], Dict[str, dict]]") -> List[s
             "| method | set | steps: WER | s/utt (all steps) |", "|---|---|---|---|", *lines, ""]
 
 
+# ---- fine-tuning without forgetting (synth stages 50-59) ------------------------------
+SIDE_FAMILIES = ("probe", "merge-sweep")  # records that are not one WER cell of a table
+
+
+def probe_cells(records: List[dict]) -> Dict[str, dict]:
+    """method -> the latest speaker-probe record (over all its test speakers)."""
+    out: Dict[str, dict] = {}
+    for rec in sorted(records, key=lambda r: r.get("timestamp", 0)):
+        if family_of(rec) == "probe" and rec.get("test_set") == "all":
+            out[rec["method"]] = rec
+    return out
+
+
+def forgetting_table(rows, probes: Dict[str, dict], baseline: str = "pre-trained",
+                     plain: str = "plain-ft") -> List[str]:
+    """Source kept, target gained (as a share of plain FT's gain) and the speaker probe."""
+    sets = [s for s in ("source_test", "target_test") if any(s in cells for cells in rows.values())]
+    cells_of = {method: cells for (method, _), cells in rows.items()}
+    base, ft = cells_of.get(baseline, {}), cells_of.get(plain, {})
+    head = ["method", "updates", "train s", *sets, "source_test vs pre-trained", "target gain kept",
+            "speaker probe acc"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (method, _), cells in rows.items():
+        extra = next(iter(cells.values())).get("extra") or {}
+        wer = {s: cells[s]["wer"] for s in sets if s in cells}
+        src = (f"{100 * (wer['source_test'] - base['source_test']['wer']) / base['source_test']['wer']:+.1f}%"
+               if "source_test" in wer and "source_test" in base and base["source_test"]["wer"] else "")
+        gain = ""
+        if "target_test" in wer and "target_test" in base and "target_test" in ft:
+            full = base["target_test"]["wer"] - ft["target_test"]["wer"]
+            gain = f"{100 * (base['target_test']['wer'] - wer['target_test']) / full:.0f}%" if full > 0 else ""
+        probe = probes.get(method)
+        acc = f"{probe['extra']['accuracy']:.1f}" if probe else ""
+        label = method + (f" (alpha {extra['alpha']:g})" if "alpha" in extra else "")
+        lines.append("| " + " | ".join(map(str, [label, extra.get("steps", ""), extra.get("train_wall_s", ""),
+                                                  *[f"{wer[s]:.2f}" if s in wer else "" for s in sets],
+                                                  src, gain, acc])) + " |")
+    notes = ["", "target gain kept: (pre-trained - row) / (pre-trained - plain-ft) on target_test. "
+             "Speaker probe: a linear classifier of the speaker on the frozen encoder's mean-pooled output "
+             "(stage 55), accuracy in percent on the test speakers.", ""]
+    return lines + notes
+
+
+def sweep_points(records: List[dict]) -> Dict[str, Dict[float, Dict[str, float]]]:
+    """merge method -> alpha -> set -> WER (the latest record of each)."""
+    out: Dict[str, Dict[float, Dict[str, float]]] = {}
+    for rec in sorted(records, key=lambda r: r.get("timestamp", 0)):
+        if family_of(rec) == "merge-sweep":
+            method = rec["method"].removesuffix("-sweep")
+            out.setdefault(method, {}).setdefault(float(rec["extra"]["alpha"]), {})[rec["test_set"]] = rec["wer"]
+    return out
+
+
+def sweep_section(points, picked: Dict[str, float]) -> List[str]:
+    lines = []
+    for method, by_alpha in points.items():
+        sets = sorted({s for wers in by_alpha.values() for s in wers})
+        lines += [f"Alpha sweep of `{method}` (the pick: alpha {picked.get(method, float('nan')):g})", "",
+                  "| alpha | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+        for alpha in sorted(by_alpha):
+            mark = " *" if picked.get(method) == alpha else ""
+            lines.append(f"| {alpha:g}{mark} | " + " | ".join(f"{by_alpha[alpha].get(s, float('nan')):.2f}"
+                                                              for s in sets) + " |")
+        lines.append("")
+    return lines
+
+
+def plot_merge_sweeps(points, picked: Dict[str, float], plot_dir: Path) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for method, by_alpha in points.items():
+        alphas = sorted(by_alpha)
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for s in sorted({s for wers in by_alpha.values() for s in wers}):
+            ax.plot(alphas, [by_alpha[a].get(s, float("nan")) for a in alphas], marker="o", label=s)
+        if method in picked:
+            ax.axvline(picked[method], color="grey", linestyle="--", label=f"pick {picked[method]:g}")
+        ax.set_xlabel("alpha (0: pre-trained, 1: fine-tuned)")
+        ax.set_ylabel("WER (%)")
+        ax.set_title(f"merging: {method}")
+        ax.legend(fontsize=7)
+        paths.append(_save(fig, plot_dir / f"merge-alpha-{method.replace('+', '-')}.png"))
+    return paths
+
+
 def plot_dev_curves(exp_dir: Path, plot_dir: Path) -> List[Path]:
     """Dev WER against forward passes and against wall time, one figure per folder of runs."""
     import json
@@ -235,9 +324,14 @@ def plot_training_curves(exp_dir: Path, plot_dir: Path) -> List[Path]:
 
 def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir: Path, title: str) -> str:
     records = read_results(results)
-    tables = latest_cells(records)
+    side = [r for r in records if family_of(r) in SIDE_FAMILIES]
+    tables = latest_cells([r for r in records if family_of(r) not in SIDE_FAMILIES])
+    probes, sweeps = probe_cells(side), sweep_points(side)
+    picked = {m: float(c["extra"]["alpha"]) for (m, _), cells in tables.get("forgetting", {}).items()
+              for c in list(cells.values())[:1] if "alpha" in (c.get("extra") or {})}
     plot_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_family_wers(tables, plot_dir) if tables else []
+    plots += plot_merge_sweeps(sweeps, picked, plot_dir) if sweeps else []
     plots += plot_training_curves(exp_dir, plot_dir) if exp_dir.exists() else []
     plots += plot_dev_curves(exp_dir, plot_dir) if exp_dir.exists() else []
     lines = [
@@ -251,7 +345,10 @@ def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir:
         "",
     ]
     for family, rows in tables.items():
-        body = cost_tables(rows, family) if family in COST_TABLES else [markdown_table(rows), ""]
+        if family == "forgetting":
+            body = forgetting_table(rows, probes) + sweep_section(sweeps, picked)
+        else:
+            body = cost_tables(rows, family) if family in COST_TABLES else [markdown_table(rows), ""]
         body += steps_table(rows) if family == "tta" else []
         lines += [f"## {family}", "", *body]
     times = read_stage_times(stage_times)

@@ -338,8 +338,11 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         return {"kind": "llm_asr", "config": config_to_dict(self.config), **self.sources}
 
     def load_trainable_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """The trainable entries, plus frozen weights of this model the file overrides
+        (a merge's LoRA base weights with the adapters folded in): all loaded."""
         expected = set(self.trainable_state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        frozen = set(self.state_dict()) - expected
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected - frozen)
         if missing or unexpected:
             raise KeyError(
                 f"LLM-ASR checkpoint does not match this model: missing {missing[:5]} "
