@@ -19,15 +19,23 @@ told the rank and world size, so every rank gets the same number of batches. Wit
 left than ranks, padded with copies whose ids end in ``_dup<N>``:
 :func:`is_padding_duplicate` recognises them so scoring can drop them.
 
+Augmentation (training only, all off by default): speed perturbation, tempo change,
+reverberation with given RIRs and noise mixing (``speechadapt.data.augment``), applied
+per cut as a lhotse sampler ``map``; SpecAugment on the fbank in the dataset. Speed,
+tempo and reverberation change the audio: fbank models need ``--on-the-fly-feats true``.
+
 Randomness and exact resume:
 - the sampler is ``dataloader.sampler``; its ``state_dict()``/``load_state_dict()`` resume
   mid-epoch, its order is fixed by the seed and ``sampler.set_epoch(epoch)``;
+- every choice of the cut augmentations (applied or not, factor, RIR, noise cut, offset,
+  SNR) is a function of (seed, epoch, cut id): the augmenter runs where the sampler
+  runs, reads ``sampler.epoch`` and seeds one generator per cut from a stable hash, so
+  a resumed epoch gets the same audio with any number of workers;
 - DataLoader workers are seeded from (seed, rank, epoch, worker id) (python ``random``,
-  numpy and torch global RNGs; lhotse's CutMix reads the same per-worker seed);
-- with ``--num-workers 0`` the transforms run in the main process: SpecAugment draws
-  from the *global* python ``random``, numpy and torch RNGs, and CutMix from its own
-  ``random.Random(seed + rank)``, so the training loop saves/restores the global RNG
-  states for a bit-exact resume.
+  numpy and torch global RNGs);
+- SpecAugment draws from the *global* python ``random``, numpy and torch RNGs: with
+  ``--num-workers 0`` the training loop saves/restores them for a bit-exact resume;
+  with workers its draws depend on how many batches a worker made since it started.
 """
 
 import itertools
@@ -42,10 +50,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from lhotse import CutSet
-from lhotse.dataset import CutMix, DynamicBucketingSampler, SimpleCutSampler, SpecAugment
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler, SpecAugment
 from lhotse.dataset.dataloading import LHOTSE_PROCESS_SEED
 from torch.utils.data import DataLoader
 
+from speechadapt.data.augment import CutAugmenter, augmenter_summary, load_rirs
 from speechadapt.data.dataset import SpeechDataset
 from speechadapt.data.manifests import open_manifest
 
@@ -104,6 +113,22 @@ class DataConfig:
     noise_mix_prob: float = 0.5
     noise_snr: Tuple[float, ...] = field(default=(10.0, 20.0), metadata={
         "help": "SNR in dB: 'low,high' (uniform) or one value"})
+    speed_perturb_factors: Tuple[float, ...] = field(default=(), metadata={
+        "help": "on-the-fly speed perturbation (lhotse perturb_speed: tempo and pitch together), e.g. 0.9,1.1: "
+                "a perturbed cut gets one factor at random; empty: off. Changes the audio: fbank models need "
+                "--on-the-fly-feats true"})
+    speed_perturb_prob: float = field(default=0.5, metadata={
+        "help": "probability that a training cut is speed-perturbed (with --speed-perturb-factors)"})
+    tempo_factors: Tuple[float, ...] = field(default=(), metadata={
+        "help": "on-the-fly tempo change, pitch kept (WSOLA), factors in [0.5, 2], e.g. 0.9,1.1 (> 1: faster); "
+                "empty: off. Fbank models need --on-the-fly-feats true"})
+    tempo_prob: float = field(default=0.5, metadata={
+        "help": "probability that a training cut gets a tempo change (with --tempo-factors)"})
+    rir_recordings: str = field(default="", metadata={
+        "help": "room impulse responses for reverberation: a lhotse RecordingSet manifest (local/make_rirs.py "
+                "writes synthetic ones); empty: off. Fbank models need --on-the-fly-feats true"})
+    reverb_prob: float = field(default=0.5, metadata={
+        "help": "probability that a training cut is reverberated with a random RIR (with --rir-recordings)"})
     max_bad_transcripts: float = field(default=0.01, metadata={
         "help": "training cuts with an empty transcript or characters the model cannot spell: up to this "
                 "fraction a warning (empty ones left out), above it an error"})
@@ -120,6 +145,21 @@ class DataConfig:
             raise ValueError(f"--max-bad-transcripts is a fraction in [0, 1], got {self.max_bad_transcripts}")
         if self.enable_noise_mix and not self.noise_cuts:
             raise ValueError("--enable-noise-mix true needs --noise-cuts (a split name or a path)")
+        for flag, prob in (("--noise-mix-prob", self.noise_mix_prob), ("--speed-perturb-prob", self.speed_perturb_prob),
+                           ("--tempo-prob", self.tempo_prob), ("--reverb-prob", self.reverb_prob)):
+            if not 0.0 <= prob <= 1.0:
+                raise ValueError(f"{flag} is a probability in [0, 1], got {prob}")
+        if any(not f > 0 for f in self.speed_perturb_factors):
+            raise ValueError(f"--speed-perturb-factors must be > 0, got {self.speed_perturb_factors}")
+        if any(not 0.5 <= f <= 2.0 for f in self.tempo_factors):
+            raise ValueError(f"--tempo-factors must lie in [0.5, 2], got {self.tempo_factors}")
+
+    def audio_augmentation_flags(self) -> List[str]:
+        """The flags that are on and change the audio itself (not just mix into it)."""
+        on = [("--speed-perturb-factors", bool(self.speed_perturb_factors) and self.speed_perturb_prob > 0),
+              ("--tempo-factors", bool(self.tempo_factors) and self.tempo_prob > 0),
+              ("--rir-recordings", bool(self.rir_recordings) and self.reverb_prob > 0)]
+        return [flag for flag, is_on in on if is_on]
 
 
 class SeedWorkers:
@@ -169,15 +209,26 @@ class AsrDataModule:
     def train_dataloaders(self, cuts: CutSet, sampler_state_dict: Optional[Dict[str, Any]] = None,
                           world_size: Optional[int] = None, rank: Optional[int] = None) -> DataLoader:
         world_size, rank = _dist_info(world_size, rank)
+        augmenter = self._augmenter()
         dataset = SpeechDataset(self.input_kind, self.config.on_the_fly_feats,
-                                cut_transforms=self._cut_transforms(rank),
                                 input_transforms=self._input_transforms())
         sampler = self._sampler(cuts, shuffle=self.config.shuffle, drop_last=self.config.drop_last,
                                 world_size=world_size, rank=rank)
         if sampler_state_dict is not None:
             logger.info("restoring the sampler state")
             sampler.load_state_dict(sampler_state_dict)
+        if augmenter is not None:
+            # in the sampler's process, after the rank split, on every batch it yields
+            sampler.map(augmenter.bind(sampler))
+        logger.info(augmenter_summary(augmenter))
         return self._loader(dataset, sampler, rank)
+
+    def check_augmentation(self) -> None:
+        """Audio augmentation needs the audio: refuse it for fbank read from storage."""
+        flags = self.config.audio_augmentation_flags()
+        if flags and self.input_kind == "fbank" and not self.config.on_the_fly_feats:
+            raise ValueError(f"{', '.join(flags)} change the audio, but stored fbank features are read: "
+                             f"pass --on-the-fly-feats true to compute fbank from the augmented audio")
 
     def valid_dataloaders(self, cuts: CutSet, world_size: Optional[int] = None,
                           rank: Optional[int] = None) -> DataLoader:
@@ -232,16 +283,23 @@ class AsrDataModule:
                             num_frame_masks=10, features_mask_size=27, num_feature_masks=2,
                             frames_mask_size=100)]
 
-    def _cut_transforms(self, rank: int) -> List:
-        if not self.config.enable_noise_mix:
-            return []
-        try:
-            noise = self.load_cuts(self.config.noise_cuts).to_eager()
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"noise mixing is on but --noise-cuts cannot be opened: {e}") from None
-        seed = "randomized" if self.config.num_workers > 0 else self.seed + rank
-        snr = self.config.noise_snr[0] if len(self.config.noise_snr) == 1 else tuple(self.config.noise_snr)
-        return [CutMix(cuts=noise, p=self.config.noise_mix_prob, snr=snr, preserve_id=True, seed=seed)]
+    def _augmenter(self) -> Optional[CutAugmenter]:
+        """The cut augmentations the flags ask for, or None (the default: none)."""
+        self.check_augmentation()
+        c = self.config
+        noise = []
+        if c.enable_noise_mix:
+            try:
+                noise = list(self.load_cuts(c.noise_cuts))
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"noise mixing is on but --noise-cuts cannot be opened: {e}") from None
+            if not noise:
+                raise ValueError(f"--noise-cuts {c.noise_cuts} holds no cuts")
+        rirs = load_rirs(c.rir_recordings) if c.rir_recordings and c.reverb_prob > 0 else []
+        augmenter = CutAugmenter(self.seed, c.speed_perturb_factors, c.speed_perturb_prob, c.tempo_factors,
+                                 c.tempo_prob, rirs, c.reverb_prob, noise, c.noise_mix_prob if noise else 0.0,
+                                 c.noise_snr)
+        return augmenter if augmenter.enabled else None
 
 
 def _dist_info(world_size: Optional[int], rank: Optional[int]):
