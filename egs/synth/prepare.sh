@@ -18,8 +18,8 @@ usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--num-jobs 
 check_stage_range
 
 case "$profile" in
-  full) : "${data_dir:=data}"; : "${vocab_size:=500}" ;;
-  fast) : "${data_dir:=data/fast}"; : "${vocab_size:=100}" ;;
+  full) : "${data_dir:=data}"; : "${vocab_size:=500}"; num_rirs=200 ;;
+  fast) : "${data_dir:=data/fast}"; : "${vocab_size:=100}"; num_rirs=20 ;;
   *) echo "$0: unknown profile '$profile' (fast or full)" >&2; exit 1 ;;
 esac
 : "${corpus_conf:=conf/corpus_$profile.yaml}"
@@ -71,6 +71,12 @@ if stage_in 5; then
   stage_begin 5 "split summary"
   python3 $local_dir/corpus_summary.py --fbank-dir $data_dir/fbank --prefix $prefix --splits $splits \
     --out $data_dir/corpus_summary.json
+  stage_end
+fi
+
+if stage_in 6; then
+  stage_begin 6 "synthetic room impulse responses ($num_rirs) for reverberation in augmented fine-tuning"
+  python3 $local_dir/make_rirs.py --out-dir $data_dir/rirs --num $num_rirs --seed 42
   stage_end
 fi
 

@@ -229,6 +229,11 @@ if stage_in 53; then
   forget metric_lr $ft_steps_fo
   stage_end
 fi
+if stage_in 54; then
+  stage_begin 54 "augmented fine-tuning: speed, tempo, reverberation, noise, SpecAugment (fbank on the fly)"
+  forget augmented_ft $ft_steps_fo "--rir-recordings $data_dir/rirs/rirs_recordings.jsonl.gz"
+  stage_end
+fi
 
 # ---- 90-99 report ------------------------------------------------------------------
 if stage_in 90; then
