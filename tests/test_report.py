@@ -74,3 +74,33 @@ def test_tta_table_has_cost_change_against_no_tta_and_the_wer_by_steps(tmp_path)
     text = report.render(tmp_path, res, tmp_path / "none.tsv", tmp_path / "R.md", tmp_path / "plots", "t")
     assert "target_test vs no-tta" in text and "| -25.0% |" in text
     assert "| suta | target_test | 2: 17.50, 5: 16.00, 10: 15.00 | 0.7 |" in text
+
+
+def test_forgetting_table_weighs_source_kept_target_gained_and_the_speaker_probe(tmp_path):
+    from speechadapt.decoding.scoring import ResultRecord as R
+
+    exp = tmp_path / "exp"
+    res = exp / "results.jsonl"
+    rows = [("pre-trained", 1.0, 20.0, {}), ("plain-ft", 2.0, 10.0, {"steps": 200}),
+            ("speech-ft", 1.02, 12.0, {"alpha": 0.3})]
+    for method, src, tgt, extra in rows:
+        for test_set, wer in (("source_test", src), ("target_test", tgt)):
+            append_result(res, R(method, test_set, wer, model=f"forget/{method}", extra=dict(family="forgetting",
+                                                                                            **extra)))
+    for method, acc in (("pre-trained", 90.0), ("speech-ft", 88.5)):
+        append_result(res, R(method, "all", None, extra=dict(family="probe", accuracy=acc)))
+        append_result(res, R(method, "source_test", None, extra=dict(family="probe", accuracy=acc - 1)))
+    for alpha, (s, t) in ((0.0, (1.0, 21.0)), (0.5, (1.2, 14.0)), (1.0, (2.1, 11.0))):
+        for test_set, wer in (("source_dev", s), ("target_dev", t)):
+            append_result(res, R("speech-ft-sweep", test_set, wer, model=f"merge/alpha-{alpha:g}",
+                                 extra=dict(family="merge-sweep", alpha=alpha)))
+    out = tmp_path / "RESULTS.md"
+    report.main(["--exp-dir", str(exp), "--out", str(out)])
+    text = out.read_text()
+    assert "## merge-sweep" not in text and "## probe" not in text  # folded into the forgetting section
+    # gain kept: (20 - 12) / (20 - 10) = 80%; source +2%; the probe's "all" record
+    assert "| speech-ft (alpha 0.3) |  |  | 1.02 | 12.00 | +2.0% | 80% | 88.5 |" in text
+    assert "| pre-trained |  |  | 1.00 | 20.00 | +0.0% | 0% | 90.0 |" in text
+    assert "| plain-ft | 200 |  | 2.00 | 10.00 | +100.0% | 100% |  |" in text
+    assert "| 0.3 * |" not in text and "| 0.5 | 1.20 | 14.00 |" in text  # the sweep table, the pick marked
+    assert (tmp_path / "plots" / "merge-alpha-speech-ft.png").stat().st_size > 1000
