@@ -234,6 +234,22 @@ if stage_in 54; then
   forget augmented_ft $ft_steps_fo "--rir-recordings $data_dir/rirs/rirs_recordings.jsonl.gz"
   stage_end
 fi
+# Each encoder's probe: METHOD EXP_DIR WEIGHTS (the methods of the forgetting table)
+probe_runs="pre-trained $ctc_exp $ctc_exp/$ctc_model
+plain-ft $forget_root/plain_ft $forget_root/plain_ft/best.pt
+stable-ft $forget_root/stable_ft $forget_root/stable_ft/best.pt
+plain-ft+merge $forget_root/merge_plain_ft $forget_root/merge_plain_ft/merged.pt
+speech-ft $forget_root/merge_stable_ft $forget_root/merge_stable_ft/merged.pt
+metric-lr $forget_root/metric_lr $forget_root/metric_lr/best.pt
+augmented-ft $forget_root/augmented_ft $forget_root/augmented_ft/best.pt"
+if stage_in 55; then
+  stage_begin 55 "speaker-identification probe on each encoder (pre-trained, fine-tuned, merged)"
+  while read -r method dir weights; do
+    python -m speechadapt.bin.probe --config conf/probe.yaml --source-exp-dir $dir --checkpoint $weights \
+      --method $method --exp-dir $forget_root/probe/$method $data_flags --results $results
+  done <<< "$probe_runs"
+  stage_end
+fi
 
 # ---- 90-99 report ------------------------------------------------------------------
 if stage_in 90; then
