@@ -6,7 +6,13 @@ ScaledAdam + Eden (SpecAugment on, validation, averaging, checkpoints) and with 
 + clipping at 0.05 (so clipping acts), and a tiny Zipformer-CTC trained on fixed
 random batches with and without its warm-up regularisation. Each parameter is kept as
 a fingerprint (float64 sum, sum of squares and four sampled values). The redesigned
-loop steps through ``optimizer.step(loss_fn)`` and must reproduce them bit for bit.
+loop stepped through ``optimizer.step(loss_fn)`` and reproduced them bit for bit on the
+machine that wrote them. Bit equality holds on one CPU only: another SIMD path rounds
+float32 differently (seen on an AVX-512 machine: 1e-6 relative on the toy runs, and a
+few near-zero Zipformer biases, the downsampling weights, amplified to ~1% of their
+scale over 8 ScaledAdam steps, while the median key moved 1e-7). So the checks are
+tolerances far below what any change to the loop does (a changed step moves the median
+key by ~4% of its scale).
 """
 
 from pathlib import Path
@@ -39,12 +45,26 @@ def fingerprint(state):
     return out
 
 
-def assert_same(name, state):
+def assert_same(name, state, every_key=1e-5, most_keys=None, share=0.97):
+    """Every floating key within ``every_key`` of its scale (its largest fingerprint value);
+    with ``most_keys``, at least ``share`` of the keys also within that tighter bound."""
     expected = GOLDEN[name]["fingerprint"]
     got = fingerprint(state)
     assert set(got) == set(expected)
+    errors = {}
     for key, value in expected.items():
-        assert torch.equal(got[key], value), f"{name}: {key} differs: {got[key]} vs {value}"
+        if not value.is_floating_point():
+            assert torch.equal(got[key], value), f"{name}: {key} differs: {got[key]} vs {value}"
+            continue
+        errors[key] = ((got[key] - value).abs().max() / value.abs().max().clamp_min(1e-12)).item()
+        assert errors[key] <= every_key, f"{name}: {key} differs by {errors[key]:.2e} of its scale: {got[key]} vs {value}"
+    if most_keys is not None:
+        close = sum(e <= most_keys for e in errors.values())
+        assert close >= share * len(errors), f"{name}: only {close}/{len(errors)} keys within {most_keys:g}"
+
+
+def assert_loss_same(trainer, name):
+    assert abs(trainer.params["valid_loss"] - GOLDEN[name]["valid_loss"]) <= 1e-6 * abs(GOLDEN[name]["valid_loss"])
 
 
 class WordIdTokenizer:
@@ -75,14 +95,14 @@ def toy_run(tmp_path, optimizer: OptimizerConfig, scheduler: SchedulerConfig):
 def test_toy_scaled_adam_eden_is_unchanged(tmp_path):
     trainer = toy_run(tmp_path, OptimizerConfig(base_lr=0.04), SchedulerConfig(warmup_batches=4))
     assert_same("toy_scaled_adam", trainer.model.state_dict())
-    assert trainer.params["valid_loss"] == GOLDEN["toy_scaled_adam"]["valid_loss"]
+    assert_loss_same(trainer, "toy_scaled_adam")
 
 
 def test_toy_adamw_with_clipping_is_unchanged(tmp_path):
     trainer = toy_run(tmp_path, OptimizerConfig(optimizer="adamw", base_lr=1e-2, max_grad_norm=0.05),
                       SchedulerConfig(scheduler="constant"))
     assert_same("toy_adamw_clip", trainer.model.state_dict())
-    assert trainer.params["valid_loss"] == GOLDEN["toy_adamw_clip"]["valid_loss"]
+    assert_loss_same(trainer, "toy_adamw_clip")
     assert 0 < trainer.optimizer.last_grad_norm  # clipping saw real gradients
 
 
@@ -106,4 +126,4 @@ def test_zipformer_ctc_training_is_unchanged(tmp_path, regularize):
                             valid_interval=0, log_interval=1, tensorboard=False)
     Trainer(config, model, zipformer_batches(), None, optimizer_config=OptimizerConfig(base_lr=0.04),
             scheduler_config=SchedulerConfig(warmup_batches=2)).fit()
-    assert_same(f"zipformer_ctc_regularize_{regularize}", model.state_dict())
+    assert_same(f"zipformer_ctc_regularize_{regularize}", model.state_dict(), every_key=5e-2, most_keys=1e-4)

@@ -175,7 +175,9 @@ def test_batched_zo_queries_give_the_same_update_through_the_suta_loss():
         adapter = TestTimeAdapter(model, tta_parameters(model), config, TtaOptions(steps=2))
         adapter.adapt_and_decode(utterances(1)[0])
         results.append(snapshot(model))
-    assert all(torch.allclose(results[0][k], results[1][k], atol=1e-6) for k in results[0])
+    # (L+ - L-) / 2 eps magnifies float32 rounding of the batched forward: ~1e-6 on an
+    # update of ~1e-3, so the bound sits 100x below the update itself
+    assert all(torch.allclose(results[0][k], results[1][k], atol=1e-5) for k in results[0])
 
 
 def test_bad_input_short_utterance_non_finite_loss_and_a_model_without_ctc(monkeypatch):
