@@ -195,7 +195,7 @@ class DevEvaluator:
         was_training = self.model.training
         self.model.eval()
         results, _ = decode_dataloader(lambda b: self.model.transcribe(b, self.options), self.loader,
-                                       desc=f"dev at update {step}")
+                                       desc=f"dev at update {step}", normalize=self.options.normalizer(self.model))
         self.model.train(was_training)
         wer = compute_wer(results)
         point = dict(step=step, forwards=forwards, backwards=backwards, wall_s=round(time.time() - self.start, 2),

@@ -68,7 +68,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> Dict[str, float
                                        sort_by_duration=getattr(model, "decode_sorted", False))
         with Stopwatch() as clock:
             results, audio_s = decode_dataloader(lambda batch: model.transcribe(batch, options), loader,
-                                                 desc=f"decoding {name}")
+                                                 desc=f"decoding {name}", normalize=options.normalizer(model))
         results = sorted(gather_lists(results))  # padding duplicates were dropped on each rank
         audio_s = sum(gather_lists([audio_s]))
         seconds = max(gather_lists([clock.seconds]))  # every rank takes part in each gather

@@ -193,7 +193,8 @@ def finish(args, trainer, evaluator, model, save_keys, source, optim, options, d
         cuts = data.load_cuts(test_set)
         with Stopwatch() as clock:
             results, audio_s = decode_dataloader(lambda b: model.transcribe(b, decode_opts), data.test_dataloaders(cuts),
-                                                 desc=f"decoding {split_name(test_set)}")
+                                                 desc=f"decoding {split_name(test_set)}",
+                                                 normalize=decode_opts.normalizer(model))
         wers.update(write_decode_results(results, exp_dir, split_name(test_set), decode_opts.key(weights), method,
                                          args.results, clock.seconds, audio_s, extra=extra, subsets=unseen_subset(cuts),
                                          model_name=f"{exp_dir.parent.name}/{exp_dir.name}/{decode_opts.key(weights)}"))

@@ -191,7 +191,8 @@ def decode_sets(merger: Merger, data: AsrDataModule, sets: Sequence[str], opts: 
         cuts = data.load_cuts(name)
         with Stopwatch() as clock:
             res, audio_s = decode_dataloader(lambda b: merger.model.transcribe(b, opts), data.test_dataloaders(cuts),
-                                             desc=f"decoding {split_name(name)} ({key})")
+                                             desc=f"decoding {split_name(name)} ({key})",
+                                             normalize=opts.normalizer(merger.model))
         wers.update(write_decode_results(res, out_dir, split_name(name), key, method, results, clock.seconds,
                                          audio_s, extra=extra, subsets=unseen_subset(cuts),
                                          model_name=f"{out_dir.parent.name}/{out_dir.name}/{key}"))

@@ -15,7 +15,7 @@ import torch
 from speechadapt.data.batch import SpeechBatch
 from speechadapt.data.datamodule import is_padding_duplicate
 from speechadapt.decoding.scoring import Result, ResultRecord, append_result, count_errors, store_transcripts, write_error_stats
-from speechadapt.decoding.text_norm import normalize_words
+from speechadapt.decoding.text_norm import characters, normalize_words
 from speechadapt.utils.io import atomic_write_text
 from speechadapt.utils.progress import Progress
 
@@ -23,12 +23,16 @@ TranscribeFn = Callable[[SpeechBatch], List[str]]
 
 
 @torch.no_grad()
-def decode_dataloader(transcribe: TranscribeFn, dataloader, desc: str = "decoding") -> Tuple[List[Result], float]:
+def decode_dataloader(transcribe: TranscribeFn, dataloader, desc: str = "decoding",
+                      normalize: Optional[Callable[[str], List[str]]] = None) -> Tuple[List[Result], float]:
     """[(cut id, ref words, hyp words)] sorted by id, and the seconds of audio decoded.
 
     ``transcribe(batch)`` returns one hypothesis text per utterance (a model's
-    ``transcribe``). Padding duplicates are dropped, so every cut is scored once.
+    ``transcribe``); ``normalize`` turns refs and hyps into words (default
+    :func:`normalize_words`; ``DecodeOptions.normalizer`` for ``--text-norm``).
+    Padding duplicates are dropped, so every cut is scored once.
     """
+    normalize = normalize or normalize_words
     results, audio_s = [], 0.0
     progress = Progress(dataloader, desc, every_n=0)
     for batch in progress:
@@ -38,7 +42,7 @@ def decode_dataloader(transcribe: TranscribeFn, dataloader, desc: str = "decodin
         for cut_id, ref, hyp, seconds in zip(batch.cut_ids, batch.texts, hyps, batch.durations):
             if is_padding_duplicate(cut_id):
                 continue
-            results.append((cut_id, normalize_words(ref), normalize_words(hyp)))
+            results.append((cut_id, normalize(ref), normalize(hyp)))
             audio_s += seconds
         progress.add(audio_s=batch.audio_seconds)
     return sorted(results), audio_s
@@ -81,7 +85,9 @@ def write_decode_results(
     subsets: Optional[Dict[str, Callable[[str], bool]]] = None,
     model_name: Optional[str] = None,
 ) -> Dict[str, float]:
-    """Write the files of ``test_set`` (and of ``test_set_NAME`` per subset); set -> WER."""
+    """Write the files of ``test_set`` (and of ``test_set_NAME`` per subset); set -> WER.
+    Each record's ``extra`` also holds the CER (``cer``, percent, over the characters of
+    the normalised words joined by spaces) and ``ref_chars``."""
     out_dir = Path(exp_dir) / "decode"
     out_dir.mkdir(parents=True, exist_ok=True)
     jsonl = Path(results_jsonl) if results_jsonl else Path(exp_dir) / "results.jsonl"
@@ -101,10 +107,12 @@ def write_decode_results(
             wers[name] = write_error_stats(f, f"{name}-{key}", res)
         atomic_write_text(f"settings\tWER\n{key}\t{wers[name]:.2f}\n", out_dir / f"wer-summary-{name}-{key}.txt")
         counts = count_errors(res)
+        chars = count_errors([(c, characters(ref), characters(hyp)) for c, ref, hyp in res])
         append_result(jsonl, ResultRecord.from_counts(
             method, name, counts, model=model_name or f"{Path(exp_dir).name}/{key}",
             wall_time_s=None if wall_time_s is None else round(wall_time_s, 3),
-            peak_memory_mb=round(peak_memory_mb(), 1), extra=dict(info, num_utterances=len(res))))
+            peak_memory_mb=round(peak_memory_mb(), 1),
+            extra=dict(info, num_utterances=len(res), cer=round(chars.wer, 4), ref_chars=chars.ref_words)))
         logging.info(f"{name} {key}: WER {wers[name]:.2f}% ({counts.errors}/{counts.ref_words})")
     return wers
 

@@ -33,6 +33,8 @@ import math
 import torch
 from torch import nn
 
+from speechadapt.decoding.text_norm import TEXT_NORMS, make_normalizer
+
 NamedParams = List[Tuple[str, nn.Parameter]]
 GROUP_NAMES = ("all", "norms", "lora", "frontend", "encoder", "decoder", "projector")
 
@@ -44,6 +46,9 @@ class DecodeOptions:
     decoding_method: str = field(default="greedy", metadata={"choices": ("greedy", "beam")})
     beam_size: int = field(default=4, metadata={"help": "beam search only"})
     max_new_tokens: int = field(default=64, metadata={"help": "generative models (LLM-ASR, Whisper)"})
+    text_norm: str = field(default="default", metadata={
+        "choices": TEXT_NORMS, "help": "how refs and hyps are normalised before scoring: default, whisper "
+                                       "(Whisper's own, for the model's language), none (whitespace split)"})
 
     @property
     def num_beams(self) -> int:
@@ -52,7 +57,12 @@ class DecodeOptions:
     def key(self, weights_name: str) -> str:
         """icefall's file-name key: ``greedy-epoch-8-avg-3``, ``beam4-...``."""
         search = self.decoding_method if self.num_beams == 1 else f"beam{self.num_beams}"
-        return f"{search}-{weights_name}"
+        norm = "" if self.text_norm == "default" else f"-norm-{self.text_norm}"
+        return f"{search}-{weights_name}{norm}"
+
+    def normalizer(self, model=None):
+        """text -> scored words (Whisper's normaliser follows the model's language)."""
+        return make_normalizer(self.text_norm, getattr(model, "language", None))
 
 
 def loss_metrics(loss: torch.Tensor, frames: float, utterances: int, **more: float):
