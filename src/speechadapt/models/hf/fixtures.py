@@ -30,7 +30,15 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-WHISPER_LANGUAGES = ("en", "zh", "de", "es", "fr", "hi")
+
+
+def whisper_languages() -> List[str]:
+    """Whisper's language codes in its token order: the tokenizer finds a language's token at
+    <|startoftranscript|> + 1 + its index in this list, so the fixture holds them all."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return list(LANGUAGES)
+
 WHISPER_TASKS = ("translate", "transcribe")
 
 # wav2vec2-base-960h's character vocabulary, in its order (blank = <pad> = 0).
@@ -174,7 +182,7 @@ WHISPER_PRESETS = {
 
 
 def _whisper_specials() -> List[str]:
-    return (["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{lang}|>" for lang in WHISPER_LANGUAGES]
+    return (["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{lang}|>" for lang in whisper_languages()]
             + [f"<|{task}|>" for task in WHISPER_TASKS]
             + ["<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"])
 
@@ -202,7 +210,7 @@ def _whisper_generation_config(tokenizer, max_length: int):
         pad_token_id=eot,
         max_length=max_length,
         is_multilingual=True,
-        lang_to_id={f"<|{lang}|>": token_id(f"<|{lang}|>") for lang in WHISPER_LANGUAGES},
+        lang_to_id={f"<|{lang}|>": token_id(f"<|{lang}|>") for lang in whisper_languages()},
         task_to_id={task: token_id(f"<|{task}|>") for task in WHISPER_TASKS},
         no_timestamps_token_id=token_id("<|notimestamps|>"),
         suppress_tokens=[],
