@@ -21,7 +21,9 @@ Sweep (``--alphas``): each alpha is decoded on the tuning sets (records of famil
 on the target tuning set (the last of ``--tune-sets``) among those whose WER on the
 source tuning set (the first) stays within ``--source-tolerance`` (relative, 5%) of
 alpha 0's, the pre-trained model (ties: the smaller alpha). The picked model is
-written to ``--out`` and decoded on ``--test-sets``.
+written to ``--out`` and decoded on ``--test-sets``. ``--from-finetuned lm_head`` takes
+those keys from the fine-tuned model(s) at every alpha: a CTC head trained from scratch
+on a pre-trained encoder (HuBERT-base) has no pre-trained value worth interpolating with.
 """
 
 import argparse
@@ -33,7 +35,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from speechadapt.adapt.merge import (check_alpha, extra_keys, fold_lora, folded_keys, lora_layers,
-                                     merge_state_dicts, without_lora)
+                                     merge_state_dicts, selected_keys, without_lora)
 from speechadapt.data.datamodule import AsrDataModule, DataConfig, split_name
 from speechadapt.data.prep_utils import comma_list
 from speechadapt.decoding.results import Stopwatch, decode_dataloader, unseen_subset, write_decode_results
@@ -59,6 +61,9 @@ def get_parser(tokens=()) -> argparse.ArgumentParser:
     p.add_argument("--allow-extrapolation", action="store_true", help="accept alpha outside [0, 1]")
     p.add_argument("--include", type=comma_list, default=[], help="regexes of the keys to merge (default: all)")
     p.add_argument("--exclude", type=comma_list, default=[], help="regexes of keys kept from the base")
+    p.add_argument("--from-finetuned", type=comma_list, default=[],
+                   help="regexes of keys taken whole from the fine-tuned mean at every alpha: a task head the "
+                        "fine-tuning trained from scratch on a base without one (e.g. 'lm_head')")
     p.add_argument("--keep-extra-keys", action="store_true",
                    help="keys only the fine-tuned models have (a new head) come from the first of them")
     p.add_argument("--tune-sets", type=comma_list, default=[], help="sweep: source then target tuning set")
@@ -154,8 +159,14 @@ class Merger:
                          + ("taken from the first" if args.keep_extra_keys else "dropped (--keep-extra-keys keeps them)"))
 
     def merged(self, alpha: float) -> Dict[str, torch.Tensor]:
-        return merge_state_dicts(self.base, self.finetuned, alpha, self.args.include, self.args.exclude,
-                                 self.args.keep_extra_keys, self.args.allow_extrapolation, self.names)
+        args = self.args
+        whole = getattr(args, "from_finetuned", None) or []
+        state = merge_state_dicts(self.base, self.finetuned, alpha, args.include, list(args.exclude) + whole,
+                                  args.keep_extra_keys, args.allow_extrapolation, self.names)
+        if whole:  # alpha 1 on these keys: the fine-tuned (mean) values
+            head = merge_state_dicts(self.base, self.finetuned, 1.0, whole, [], False, False, self.names)
+            state.update({k: head[k] for k in selected_keys(self.base, whole)})
+        return state
 
     def load(self, alpha: float) -> None:
         """Put the merged weights into the decoding model (LoRA factors stay as folded)."""

@@ -89,13 +89,24 @@ class HFCtcAdapter(CtcAsrMixin, nn.Module):
                    cache: Optional[dict] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Padded waveforms (N, S) at 16 kHz -> (logits (N, T, C), out_lens (N,)). ``cache``
         is accepted for the interface and unused: the front end is trainable in SUTA."""
+        audio, mask, x_lens = self._model_inputs(x, x_lens)
+        logits = self.model(input_values=audio, attention_mask=mask).logits
+        out_lens = self.output_lengths(x_lens).clamp(max=logits.shape[1])
+        return logits, out_lens
+
+    def _model_inputs(self, x: torch.Tensor, x_lens: torch.Tensor):
         self._check(x, x_lens)
         x_lens = x_lens.to(self.device)
         audio = self.normalise_audio(x.to(self.device, torch.float32), x_lens).to(self.dtype)
         mask = lengths_to_mask(x_lens, audio.shape[1]).long() if self.use_attention_mask else None
-        logits = self.model(input_values=audio, attention_mask=mask).logits
-        out_lens = self.output_lengths(x_lens).clamp(max=logits.shape[1])
-        return logits, out_lens
+        return audio, mask, x_lens
+
+    def encode(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(encoder output (N, T, D), the one the CTC head reads; valid lengths): the speaker
+        probe's features."""
+        audio, mask, x_lens = self._model_inputs(x, x_lens)
+        hidden = self.model.base_model(input_values=audio, attention_mask=mask).last_hidden_state
+        return hidden, self.output_lengths(x_lens).clamp(max=hidden.shape[1])
 
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         logits, out_lens = self.ctc_logits(x, x_lens)
