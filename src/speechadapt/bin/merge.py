@@ -255,6 +255,8 @@ def main(argv=None) -> float:
         data.require(*args.tune_sets, *args.test_sets)
         setup_logger(args.out.parent, "merge")
         merger = Merger(args, args.device)
+        # the model's input (fbank, or waveform for Hugging Face models) for the decoding below
+        data = AsrDataModule(dataclass_from_args(DataConfig, args), merger.model.input_kind)
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"error: {e}") from None
     opts = dataclass_from_args(DecodeOptions, args)
