@@ -29,6 +29,7 @@ ft_steps_fo=4
 ft_steps_zo=4
 ft_steps_zo_q8=2
 # the fast profile's 100-piece BPE lacks some letters of the target text
+aug_steps=4  # stage 54: augmented and plain FT, the same updates each
 ft_max_bad_transcripts=0.2
 # test-time adaptation (stages 40-43): one grid point each, 2 steps
 tta_grid_suta="base_lr=3e-2"

@@ -30,6 +30,7 @@ ft_max_duration=30
 ft_steps_fo=200
 ft_steps_zo=800
 ft_steps_zo_q8=100
+aug_steps=600  # stage 54: augmented and plain FT, the same updates each
 ft_max_bad_transcripts=0.01
 # test-time adaptation (stages 40-43): grids evaluated on target_dev, the best kept for the tests
 tta_grid_suta="base_lr=1e-2,3e-2,1e-1"
