@@ -38,6 +38,12 @@ if stage_in 0; then
   stage_end
 fi
 
+# evaluation-only splits of the corpus config (source_test by synthesiser, the held-out
+# neural voice), listed by stage 0
+extra_splits=$( [ -f $data_dir/audio/extra_splits.txt ] && paste -sd, $data_dir/audio/extra_splits.txt || true)
+splits=$splits${extra_splits:+,$extra_splits}
+eval_splits=$eval_splits${extra_splits:+,$extra_splits}
+
 if stage_in 1; then
   stage_begin 1 "lhotse manifests"
   python3 $local_dir/prepare_manifests.py --audio-dir $data_dir/audio \

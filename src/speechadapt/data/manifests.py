@@ -21,7 +21,7 @@ from lhotse.utils import fastcopy
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-CUT_FIELDS = ("domain", "voice", "split", "seen_in_train", "noise_type", "snr_db")
+CUT_FIELDS = ("domain", "voice", "synthesiser", "split", "seen_in_train", "noise_type", "snr_db")
 EXTRA_FIELDS = ("chapter", "gender")  # read corpora (LibriSpeech)
 
 

