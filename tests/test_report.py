@@ -83,6 +83,9 @@ def test_forgetting_table_weighs_source_kept_target_gained_and_the_speaker_probe
     res = exp / "results.jsonl"
     rows = [("pre-trained", 1.0, 20.0, {}), ("plain-ft", 2.0, 10.0, {"steps": 200}),
             ("speech-ft", 1.02, 12.0, {"alpha": 0.3})]
+    for test_set, wer in (("source_test", 5.0), ("target_test", 15.0)):  # an earlier run in the same directory
+        append_result(res, R("plain-ft", test_set, wer, model="forget/plain-ft/greedy-best-step-50",
+                             extra=dict(family="forgetting", steps=100)))
     for method, src, tgt, extra in rows:
         for test_set, wer in (("source_test", src), ("target_test", tgt)):
             append_result(res, R(method, test_set, wer, model=f"forget/{method}", extra=dict(family="forgetting",
@@ -102,5 +105,6 @@ def test_forgetting_table_weighs_source_kept_target_gained_and_the_speaker_probe
     assert "| speech-ft (alpha 0.3) |  |  | 1.02 | 12.00 | +2.0% | 80% | 88.5 |" in text
     assert "| pre-trained |  |  | 1.00 | 20.00 | +0.0% | 0% | 90.0 |" in text
     assert "| plain-ft | 200 |  | 2.00 | 10.00 | +100.0% | 100% |  |" in text
+    assert text.count("| plain-ft |") == 1  # the rerun replaced the earlier run's row
     assert "| 0.3 * |" not in text and "| 0.5 | 1.20 | 14.00 |" in text  # the sweep table, the pick marked
     assert (tmp_path / "plots" / "merge-alpha-speech-ft.png").stat().st_size > 1000

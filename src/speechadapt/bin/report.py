@@ -38,7 +38,7 @@ def latest_cells(records: List[dict]) -> Dict[str, "OrderedDict[Tuple[str, str],
     for rec in sorted(records, key=lambda r: r.get("timestamp", 0)):
         family = family_of(rec)
         model = rec.get("model", "")
-        if family in COST_TABLES:  # a row is the run directory: a rerun replaces it
+        if family in COST_TABLES or family == "forgetting":  # a row is the run directory: a rerun replaces it
             model = "/".join(model.split("/")[:2])
         rows = tables.setdefault(family, OrderedDict())
         cells = rows.setdefault((rec["method"], model), {})
