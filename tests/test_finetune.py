@@ -152,3 +152,17 @@ def test_resuming_a_run_whose_source_model_changed_is_refused(source, tmp_path):
     with pytest.raises(ValueError, match="describes another model than this command builds"):
         run(source, exp, "--optimizer", "adamw", "--params", "norms", "--base-lr", "1e-3", "--max-steps", "4",
             "--eval-every", "2", "--start-epoch", "auto")
+
+
+def test_resuming_with_other_settings_is_refused_and_a_longer_budget_is_not(source, tmp_path):
+    exp = tmp_path / "ft"
+    common = ("--optimizer", "adamw", "--params", "norms", "--base-lr", "1e-3", "--eval-every", "2",
+              "--save-every-n", "1")
+    run(source, exp, *common, "--max-steps", "2")
+    # another augmentation (a changed conf) must not silently continue the old run
+    with pytest.raises(ValueError, match=r"other settings \(noise_mix_prob: 0.5 -> 0.9"):
+        run(source, exp, *common, "--max-steps", "4", "--noise-mix-prob", "0.9", "--start-epoch", "auto")
+    with pytest.raises(ValueError, match="base_lr"):
+        run(source, exp, *common[:4], "--base-lr", "1e-2", *common[6:], "--max-steps", "4", "--start-epoch", "auto")
+    run(source, exp, *common, "--max-steps", "4", "--start-epoch", "auto")  # extending the budget resumes
+    assert json.loads((exp / "last.pt").parent.joinpath("finetune_settings.json").read_text())["base_lr"] == 1e-3

@@ -23,6 +23,8 @@ wall time, peak memory of training and of inference on one training batch).
 """
 
 import argparse
+import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -49,7 +51,7 @@ from speechadapt.training.options import TrainingConfig
 from speechadapt.training.schedulers import SchedulerConfig
 from speechadapt.training.state import fix_random_seed
 from speechadapt.utils.flags import add_dataclass_arguments, dataclass_from_args, parse_args
-from speechadapt.utils.io import atomic_save
+from speechadapt.utils.io import atomic_save, atomic_write_text
 from speechadapt.utils.log import setup_logger
 from speechadapt.utils.memory import PeakMemory
 
@@ -104,6 +106,32 @@ def inference_peak(model, loader, device) -> float:
     return peak.mb
 
 
+RUN_SETTINGS_FILE = "finetune_settings.json"
+# What a resumed run may change: where and how fast it runs, what it reports, how long.
+FREE_ON_RESUME = {"num_workers", "max_steps", "eval_every", "world_size"}
+
+
+def run_settings(args, optim, options, data_config) -> dict:
+    """The flags that make a run what it is (optimiser, tuned set, data and its transforms)."""
+    settings = {**dataclasses.asdict(optim), **dataclasses.asdict(options), **dataclasses.asdict(data_config),
+                "seed": args.seed, "train_split": args.train_split, "valid_split": args.valid_split}
+    return json.loads(json.dumps({k: v for k, v in settings.items() if k not in FREE_ON_RESUME}, default=str))
+
+
+def check_same_run(exp_dir, settings: dict) -> None:
+    """A resumed run must be the run it continues: another optimiser, rate, augmentation
+    or split would silently continue one run with the settings of another."""
+    path = Path(exp_dir) / RUN_SETTINGS_FILE
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    differ = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+    if differ:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in differ)
+        raise ValueError(f"{exp_dir} holds a run with other settings ({details}); resume it with its own flags, "
+                         f"or start this one in a fresh --exp-dir (or with --start-epoch 1)")
+
+
 def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     dist_info = setup_dist(rank, world_size)
     setup_logger(args.exp_dir, "finetune", dist_info.rank, dist_info.world_size)
@@ -138,10 +166,14 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     evaluator = DevEvaluator(model, dev, training.exp_dir, options.eval_every, decode_opts, save_keys,
                              dist_info.is_main, feedback=options)
     evaluator.held_steps = held_steps
-    if trainer.resuming:  # the run's own source, not one retrained since
+    settings = run_settings(args, optim, options, data_config)
+    if trainer.resuming:  # the run's own source and settings, not one retrained or changed since
         check_same_model(training.exp_dir, spec)
+        check_same_run(training.exp_dir, settings)
     if dist_info.is_main:
         write_spec(training.exp_dir, spec)
+        atomic_write_text(json.dumps(settings, indent=1, sort_keys=True) + "\n",
+                          Path(training.exp_dir) / RUN_SETTINGS_FILE)
         if dev is not None and not trainer.resuming:
             evaluator.baseline(trainer)
     if dev is not None:
