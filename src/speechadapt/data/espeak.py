@@ -159,3 +159,18 @@ def check_voices(names: List[str]) -> List[str]:
     if bad:
         raise UnknownVoiceError(f"unknown espeak-ng voice(s): {', '.join(bad)}")
     return list(names)
+
+
+def write_utterances(synthesize, items) -> list:
+    """Write ``(wav path, text, settings)`` items with ``synthesize(text, settings)`` (int16 at
+    16 kHz) as 16-bit wav; returns ``[(path, num_samples)]``. The body of every synthesis
+    worker (espeak here, Piper in ``piper.py``)."""
+    import soundfile as sf
+
+    done = []
+    for path, text, settings in items:
+        samples = synthesize(text, settings)
+        sf.write(path, samples, TARGET_RATE_HZ, subtype="PCM_16")
+        done.append((path, int(samples.size)))
+    return done
+

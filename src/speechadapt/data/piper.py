@@ -22,7 +22,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from speechadapt.data.espeak import TARGET_RATE_HZ, resample_to_16k
+from speechadapt.data.espeak import resample_to_16k, write_utterances
 
 PIPER_PREFIX = "piper:"  # voice names of the neural part: "piper:joe+s0", "piper:joe+h1" ...
 MISSING_PACKAGE = (
@@ -111,13 +111,6 @@ def shifted_rate(rate: int, pitch_factor: float) -> int:
 
 def synthesise_piper_chunk(task: Tuple[Optional[str], List[Tuple[str, str, dict]]]) -> List[Tuple[str, int]]:
     """Worker body: (model path, [(wav path, text, prosody)]) -> files; (path, num_samples)."""
-    import soundfile as sf
-
     model_path, chunk = task
     synth = PiperSynthesizer(model_path)
-    done = []
-    for path, text, prosody in chunk:
-        samples = synth.synthesize(text, PiperProsody(**prosody))
-        sf.write(path, samples, TARGET_RATE_HZ, subtype="PCM_16")
-        done.append((path, int(samples.size)))
-    return done
+    return write_utterances(lambda text, prosody: synth.synthesize(text, PiperProsody(**prosody)), chunk)

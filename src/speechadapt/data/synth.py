@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from speechadapt.data.espeak import TARGET_RATE_HZ, VoiceSettings, check_voices, to_int16
+from speechadapt.data.espeak import TARGET_RATE_HZ, VoiceSettings, check_voices, to_int16, write_utterances
 from speechadapt.data.grammar import split_disjoint, unique_sentences
 from speechadapt.data.noise import NOISE_TYPES, make_noise, mix_at_snr
 from speechadapt.data.piper import PIPER_PREFIX, check_piper_available, is_piper_voice, synthesise_piper_chunk
@@ -247,12 +247,7 @@ def _synthesise_chunk(task: Tuple[int, List[Tuple[str, str, dict]]]) -> List[Tup
 
     rand_seed, chunk = task
     synth = EspeakSynthesizer(rand_seed)
-    done = []
-    for path, text, settings in chunk:
-        samples = synth.synthesize(text, VoiceSettings(**settings))
-        sf.write(path, samples, TARGET_RATE_HZ, subtype="PCM_16")
-        done.append((path, int(samples.size)))
-    return done
+    return write_utterances(lambda text, settings: synth.synthesize(text, VoiceSettings(**settings)), chunk)
 
 
 def _clean_path(audio_dir: Path, row: dict) -> Path:
