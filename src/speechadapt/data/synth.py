@@ -35,7 +35,8 @@ from tqdm import tqdm
 from speechadapt.data.espeak import TARGET_RATE_HZ, VoiceSettings, check_voices, to_int16, write_utterances
 from speechadapt.data.grammar import split_disjoint, unique_sentences
 from speechadapt.data.noise import NOISE_TYPES, make_noise, mix_at_snr
-from speechadapt.data.piper import PIPER_PREFIX, check_piper_available, is_piper_voice, synthesise_piper_chunk
+from speechadapt.data.piper import (PIPER_PREFIX, check_piper_available, is_piper_voice, piper_process_pool,
+                                   synthesise_piper_chunk)
 from speechadapt.data.prep_utils import progress_disabled, write_jsonl
 
 SOURCE_SPLITS = ("source_train", "source_dev", "source_test")
@@ -308,21 +309,23 @@ def synthesise(plan: Dict[str, List[dict]], audio_dir: Path, chunk_size: int, nu
                 espeak_items.append((path, row["text"], settings))
         for k, start in enumerate(range(0, len(espeak_items), chunk_size)):
             tasks.append((seed * 100003 + first_chunk + k, espeak_items[start:start + chunk_size]))
-        for start in range(0, len(piper_items), chunk_size):
-            piper_tasks.append((piper_model or None, piper_items[start:start + chunk_size]))
+        for start in range(0, len(piper_items), chunk_size):  # seeds apart from espeak's
+            piper_tasks.append((piper_model or None, seed * 100003 + 50000 + len(piper_tasks),
+                                piper_items[start:start + chunk_size]))
         first_chunk += (len(rows) + chunk_size - 1) // chunk_size
     written = _run_chunks(_synthesise_chunk, tasks, num_jobs, "synthesise (espeak)")
-    written.update(_run_chunks(synthesise_piper_chunk, piper_tasks, num_jobs, "synthesise (piper)"))
+    written.update(_run_chunks(synthesise_piper_chunk, piper_tasks, num_jobs, "synthesise (piper)",
+                               piper_process_pool))
     for path, num_samples in written.items():
         rows_by_path[path]["num_samples"] = num_samples
         rows_by_path[path]["clean_audio"] = path
 
 
-def _run_chunks(worker, tasks, num_jobs: int, desc: str) -> Dict[str, int]:
+def _run_chunks(worker, tasks, num_jobs: int, desc: str, make_pool=None) -> Dict[str, int]:
     written: Dict[str, int] = {}
     if not tasks:
         return written
-    with _fresh_process_pool(num_jobs) as pool, tqdm(total=sum(len(t[1]) for t in tasks), desc=desc,
+    with (make_pool or _fresh_process_pool)(num_jobs) as pool, tqdm(total=sum(len(t[-1]) for t in tasks), desc=desc,
                                                       disable=progress_disabled()) as bar:
         for done in pool.imap_unordered(worker, tasks):
             written.update(done)
