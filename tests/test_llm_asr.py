@@ -242,3 +242,82 @@ def test_projector_output_starts_at_the_token_embedding_scale(llm_dir):
     # The scale is learnt from there: the gain is a trainable parameter.
     assert normed.projectors[0].out_norm.weight.requires_grad
     assert abs(float(frame_norm(plain) / token_norm) - 1) > 0.1  # the old init is off that scale
+
+
+def test_frozen_output_store_serves_the_encoder_outputs_of_seen_utterances(llm_dir):
+    model = make_model(llm_dir).eval()
+    x, lens = features([40, 33, 27])
+    ids = ["a", "b", "c"]
+    reference = model(x, lens, TEXTS).loss
+    calls = []
+    model.encoders[0].register_forward_hook(lambda *_: calls.append(1))
+    store = model.keep_frozen_outputs(2**30)
+    first = model(x, lens, TEXTS, cut_ids=ids).loss
+    assert len(calls) == 1 and len(store) == 3
+    # The same utterances in another batch (order, padding): served from the store.
+    order = [2, 0]
+    again = model(x[order, :33], lens[order], [TEXTS[i] for i in order], cut_ids=[ids[i] for i in order]).loss
+    assert len(calls) == 1 and store.hits == 2
+    alone = [model(x[i: i + 1, : int(lens[i])], lens[i: i + 1], TEXTS[i: i + 1]).loss for i in order]
+    torch.testing.assert_close(first, reference)
+    torch.testing.assert_close(again, sum(alone), rtol=1e-4, atol=1e-4)
+    # A cut id seen with another input length is not served: recomputed.
+    before = len(calls)
+    model(x[:1, :30], torch.tensor([30]), TEXTS[:1], cut_ids=["a"])
+    assert len(calls) == before + 1
+
+
+def test_frozen_output_store_budget_and_no_store_when_augmented(llm_dir):
+    from speechadapt.bin.train import keep_frozen_outputs
+    from speechadapt.data.datamodule import DataConfig
+    from speechadapt.training.options import TrainingConfig
+
+    model = make_model(llm_dir).eval()
+    x, lens = features([40, 33])
+    store = model.keep_frozen_outputs(1)  # too small for any row
+    model(x, lens, TEXTS[:2], cut_ids=["a", "b"])
+    assert len(store) == 0 and store.full
+    assert keep_frozen_outputs(model, TrainingConfig(), DataConfig(enable_spec_aug=True)) is None
+    assert keep_frozen_outputs(model, TrainingConfig(), DataConfig(enable_noise_mix=True, noise_cuts="n")) is None
+    assert keep_frozen_outputs(model, TrainingConfig(frozen_output_store_gb=0), DataConfig(enable_spec_aug=False)) is None
+    assert keep_frozen_outputs(model, TrainingConfig(), DataConfig(enable_spec_aug=False)) is model.frozen_store
+
+
+def test_ctc_compression_keeps_one_mean_per_label_run():
+    from speechadapt.models.ctc_compress import compress_runs
+
+    frames = torch.arange(2 * 7 * 2, dtype=torch.float32).reshape(2, 7, 2)
+    labels = torch.tensor([[0, 3, 3, 0, 3, 5, 5],   # runs: 3 | 3 (a blank apart) | 5 5
+                           [0, 0, 4, 0, 9, 9, 9]])  # second utterance: 5 valid frames, all blank but one
+    lens = torch.tensor([7, 2])
+    out, counts = compress_runs(frames, lens, labels, blank_id=0)
+    assert counts.tolist() == [3, 1] and out.shape == (2, 3, 2)
+    torch.testing.assert_close(out[0, 0], frames[0, 1:3].mean(0))
+    torch.testing.assert_close(out[0, 1], frames[0, 4])
+    torch.testing.assert_close(out[0, 2], frames[0, 5:7].mean(0))
+    torch.testing.assert_close(out[1, 0], frames[1, :2].mean(0))  # only blank in range: the mean of all frames
+    labels[1, :2] = 0
+    _, counts = compress_runs(frames, torch.tensor([7, 4]), labels, blank_id=0)
+    assert counts.tolist() == [3, 1]  # frame 2 (label 4) is its run; 9s lie beyond the length
+
+
+def test_ctc_compressed_encoder_loads_the_head_and_refuses_a_checkpoint_without_one(tmp_path):
+    from speechadapt.models.ctc import ZipformerCtc
+    from speechadapt.models.llm_asr_build import load_frozen_encoder
+
+    torch.manual_seed(0)
+    ctc = ZipformerCtc(get_preset("tiny", pad_invariant=True), vocab_size=20).eval()
+    path = tmp_path / "ctc.pt"
+    torch.save({"model": ctc.state_dict()}, path)
+    wrapped = load_frozen_encoder(path, "tiny", compress="ctc")
+    x, lens = features([60, 44])
+    out, counts = wrapped(x, lens)
+    enc, enc_lens = ctc.encode(x, lens)
+    labels = ctc.ctc_output[1](enc).argmax(-1)
+    from speechadapt.models.ctc_compress import compress_runs
+    expected, expected_counts = compress_runs(enc, enc_lens, labels, 0)
+    assert counts.tolist() == expected_counts.tolist()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    torch.save({"model": {k: v for k, v in ctc.state_dict().items() if not k.startswith("ctc_output")}}, path)
+    with pytest.raises(KeyError, match="no CTC head"):
+        load_frozen_encoder(path, "tiny", compress="ctc")

@@ -76,6 +76,7 @@ if stage_in 20; then
 fi
 
 llm_flags="--config conf/llm_asr.yaml --llm-dir $lm_dir --lora-r $lora_r --lora-alpha $lora_alpha $data_flags \
+  --encoder-compress $llm_compress --stack-k $llm_stack_k \
   --num-epochs $llm_epochs --max-duration $llm_max_duration --base-lr $llm_lr --average-period $average_period \
   --world-size $world_size --start-epoch $start_epoch"
 if stage_in 21; then

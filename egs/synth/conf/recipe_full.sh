@@ -17,6 +17,8 @@ ctc2_epochs=8
 # LLM-ASR / MoSE
 lm_epochs=8
 lm_min_copy_accuracy=0.9  # held-out copy accuracy the tiny LM must reach (bin/pretrain_text_lm.py)
+llm_compress=none  # ctc: each encoder's output shortened by its CTC head (one vector per BPE piece)
+llm_stack_k=4     # frames stacked per LLM embedding (1 with ctc compression)
 lora_r=64
 lora_alpha=16
 llm_epochs=6

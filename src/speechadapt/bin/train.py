@@ -74,6 +74,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
     def checked_cuts(name, max_bad):
         return check_transcripts(data.load_cuts(name), model.unknown_characters, max_bad, name)
 
+    store = keep_frozen_outputs(model, training, data_config)
     train_dl = data.train_dataloaders(checked_cuts(args.train_split, data_config.max_bad_transcripts),
                                       world_size=dist_info.world_size, rank=dist_info.rank)
     valid_dl = None
@@ -89,8 +90,23 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> None:
         write_spec(training.exp_dir, spec)
     trainer.params["model_spec"] = spec
     params = trainer.fit()
+    if store is not None:
+        logging.info(f"frozen-output store: {store.summary()}")
     logging.info(f"done: best valid loss {params['best_valid_loss']:.4f} (epoch {params['best_valid_epoch']})")
     cleanup_dist()
+
+
+def keep_frozen_outputs(model, training: TrainingConfig, data_config: DataConfig):
+    """Turn on the model's store of frozen encoder outputs when it has one, the budget
+    allows it and nothing augments the input (else a stored output would be stale)."""
+    if not hasattr(model, "keep_frozen_outputs") or training.frozen_output_store_gb <= 0:
+        return None
+    augmented = data_config.input_augmentation_flags()
+    if augmented:
+        logging.info(f"frozen encoder outputs recomputed every batch: the input is augmented ({', '.join(augmented)})")
+        return None
+    logging.info(f"frozen encoder outputs kept across epochs (up to {training.frozen_output_store_gb:g} GiB)")
+    return model.keep_frozen_outputs(int(training.frozen_output_store_gb * 2**30))
 
 
 def preflight(args: argparse.Namespace) -> None:

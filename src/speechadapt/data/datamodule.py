@@ -161,6 +161,11 @@ class DataConfig:
               ("--rir-recordings", bool(self.rir_recordings) and self.reverb_prob > 0)]
         return [flag for flag, is_on in on if is_on]
 
+    def input_augmentation_flags(self) -> List[str]:
+        """Every flag that is on and makes one cut's training input differ between draws."""
+        return self.audio_augmentation_flags() + [flag for flag, is_on in (
+            ("--enable-spec-aug", self.enable_spec_aug), ("--enable-noise-mix", self.enable_noise_mix)) if is_on]
+
 
 class SeedWorkers:
     """``worker_init_fn``: seeds each DataLoader worker from (seed, rank, epoch, worker)."""

@@ -28,6 +28,7 @@ from speechadapt.models.llm_asr_prompt import (
     PromptBuilder,
     assemble,
 )
+from speechadapt.models.frozen_store import FrozenOutputStore
 from speechadapt.models.interface import DecodeOptions, SpeechModelMixin, loss_metrics
 from speechadapt.models.projector import FrameStackProjector
 from speechadapt.training.metrics import MetricsTracker
@@ -121,6 +122,7 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         for p in self.encoders.parameters():
             p.requires_grad_(False)
         self.encoders.eval()
+        self.frozen_store: Optional[FrozenOutputStore] = None  # keep_frozen_outputs() turns it on
         hidden = llm.get_input_embeddings().embedding_dim
         output_rms = token_embedding_rms(llm) if config.projector_norm else None
         self.projectors = nn.ModuleList(
@@ -169,20 +171,37 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         own = match.to(self.speech_token_embeddings.dtype) @ self.speech_token_embeddings
         return torch.where(match.any(-1, keepdim=True), own.to(emb.dtype), emb)
 
-    def encode(self, x: torch.Tensor, x_lens: torch.Tensor,
-               cache: Optional[dict] = None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def keep_frozen_outputs(self, max_bytes: int) -> FrozenOutputStore:
+        """From now on keep each utterance's encoder outputs (by cut id, up to
+        ``max_bytes``) for the next time it comes: only valid while the same cut id
+        always brings the same input, i.e. without augmentation."""
+        self.frozen_store = FrozenOutputStore(max_bytes)
+        return self.frozen_store
+
+    def _run_encoders(self, x: torch.Tensor, x_lens: torch.Tensor, cut_ids: Optional[Sequence[str]]):
+        store = self.frozen_store if cut_ids is not None else None
+        encoded = store.get(cut_ids, x_lens, x.device) if store is not None else None
+        if encoded is None:
+            with torch.no_grad():
+                encoded = [encoder(x, x_lens) for encoder in self.encoders]
+            if store is not None:
+                store.put(cut_ids, x_lens, encoded)
+        return encoded
+
+    def encode(self, x: torch.Tensor, x_lens: torch.Tensor, cache: Optional[dict] = None,
+               cut_ids: Optional[Sequence[str]] = None) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """Per slot: projected frames (B, T_s, H) in the LLM's dtype and their lengths.
 
         ``cache`` (a dict kept for one batch) holds what does not change between the
         evaluations of a zeroth-order step: the frozen encoders' outputs always, and the
-        projected frames too when no projector parameter is tuned."""
+        projected frames too when no projector parameter is tuned. With ``cut_ids`` and
+        a store (``keep_frozen_outputs``) the encoder outputs outlive the batch."""
         if cache is not None and "speech" in cache:
             return cache["speech"]
         dtype = self.llm.get_input_embeddings().weight.dtype
         encoded = cache.get("encoded") if cache is not None else None
         if encoded is None:
-            with torch.no_grad():
-                encoded = [encoder(x, x_lens) for encoder in self.encoders]
+            encoded = self._run_encoders(x, x_lens, cut_ids)
             if cache is not None:
                 cache["encoded"] = encoded
         out = []
@@ -213,10 +232,11 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
 
     # ------------------------------------------------------------------------ training
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor, texts: Sequence[str],
-                keep: Optional[torch.Tensor] = None, cache: Optional[dict] = None) -> LlmAsrOutput:
+                keep: Optional[torch.Tensor] = None, cache: Optional[dict] = None,
+                cut_ids: Optional[Sequence[str]] = None) -> LlmAsrOutput:
         """Teacher-forced loss. ``keep`` (B, S) bool forces which slots each prompt
         holds; by default MoSE slot dropout draws it in training."""
-        speech = self.encode(x, x_lens, cache)
+        speech = self.encode(x, x_lens, cache, cut_ids)
         if keep is None and self.training and self.num_slots > 1 and self.config.mose_slot_dropout > 0:
             keep = sample_slot_mask(x.size(0), self.num_slots, self.config.mose_slot_dropout)
         logits, targets = self._label_logits(self.build_prompts(speech, texts, keep))
@@ -276,7 +296,7 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         """Summed token cross-entropy of a SpeechBatch; the tracker's "frames" are the
         label tokens (the normaliser), "acc" the teacher-forced argmax hits."""
         batch = batch.to(self.device)
-        out = self(batch.inputs, batch.input_lens, batch.texts, cache=cache)
+        out = self(batch.inputs, batch.input_lens, batch.texts, cache=cache, cut_ids=batch.cut_ids)
         return out.loss, loss_metrics(out.loss, out.num_tokens, len(batch), acc=out.num_correct)
 
     # ------------------------------------------------------------------------ decoding

@@ -31,6 +31,10 @@ class LlmAsrOptions(LlmAsrConfig):
     encoder_pad_invariant: bool = field(default=True, metadata={
         "help": "encoder output of an utterance independent of batch padding"})
     llm_dtype: Optional[str] = field(default=None, metadata={"help": "e.g. bf16 on GPU; default: the checkpoint's"})
+    encoder_compress: str = field(default="none", metadata={
+        "choices": ("none", "ctc"),
+        "help": "ctc: shorten each encoder's output with its checkpoint's CTC head (blank frames dropped, runs of "
+                "one label averaged: about one vector per BPE piece; use with --stack-k 1)"})
 
     def model_config(self) -> LlmAsrConfig:
         names = LlmAsrConfig.__dataclass_fields__
@@ -71,15 +75,20 @@ def _checkpoint_state(path: PathLike) -> dict:
     return state
 
 
-def load_frozen_encoder(path: PathLike, preset: str = "tiny", device="cpu", pad_invariant: bool = True) -> nn.Module:
+def load_frozen_encoder(path: PathLike, preset: str = "tiny", device="cpu", pad_invariant: bool = True,
+                        compress: str = "none") -> nn.Module:
     """A ZipformerEncoder with the ``encoder_embed.*``/``encoder.*`` weights of a
-    Zipformer-CTC (or icefall) checkpoint, loaded strictly, frozen and in eval mode.
+    Zipformer-CTC (or icefall) checkpoint, loaded strictly, frozen and in eval mode;
+    with ``compress="ctc"`` wrapped with the checkpoint's CTC head (``ctc_output.1.*``).
 
     ``pad_invariant`` (same weights) makes an utterance's features independent of the
     batch it is padded into, so batched decoding equals one-by-one decoding.
     """
+    from speechadapt.models.ctc_compress import CtcCompressedEncoder
     from speechadapt.models.zipformer import ZipformerEncoder, get_preset
 
+    if compress not in ("none", "ctc"):
+        raise ValueError(f"--encoder-compress must be none or ctc, got {compress!r}")
     state = _checkpoint_state(path)
     encoder = ZipformerEncoder(get_preset(preset, pad_invariant=pad_invariant))
     wanted = {k: v for k, v in state.items() if k.startswith(_ENCODER_PREFIXES)}
@@ -87,6 +96,14 @@ def load_frozen_encoder(path: PathLike, preset: str = "tiny", device="cpu", pad_
         encoder.load_state_dict(wanted, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{path} does not fit the Zipformer preset '{preset}' (--encoder-preset): {e}") from None
+    if compress == "ctc":
+        head = {k[len("ctc_output.1."):]: v for k, v in state.items() if k.startswith("ctc_output.1.")}
+        if set(head) != {"weight", "bias"}:
+            raise KeyError(f"{path} has no CTC head (ctc_output.1.weight/bias): --encoder-compress ctc needs a "
+                           f"Zipformer-CTC checkpoint (icefall's transducer-only checkpoints have none)")
+        linear = nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
+        linear.load_state_dict(head)
+        encoder = CtcCompressedEncoder(encoder, linear)
     for p in encoder.parameters():
         p.requires_grad_(False)
     logging.info(f"loaded frozen Zipformer encoder ({preset}) from {path}")
@@ -111,10 +128,11 @@ def build_llm_asr_model(options: LlmAsrOptions, device="cpu") -> LlmAsrModel:
         raise FileNotFoundError(missing_encoder_message(missing))
     ckpts = [Path(p).resolve() for p in options.encoder_ckpt]
     llm, tokenizer = load_llm_for_asr(llm_dir, device=device, dtype=options.llm_dtype)
-    encoders = [load_frozen_encoder(p, preset, device, options.encoder_pad_invariant)
+    encoders = [load_frozen_encoder(p, preset, device, options.encoder_pad_invariant, options.encoder_compress)
                 for p, preset in zip(ckpts, presets)]
     sources = dict(llm_dir=str(llm_dir), encoder_ckpt=[str(p) for p in ckpts], encoder_preset=presets,
                    encoder_pad_invariant=options.encoder_pad_invariant, llm_dtype=options.llm_dtype,
+                   encoder_compress=options.encoder_compress,
                    fingerprints=source_fingerprints(llm_dir, ckpts))
     model = LlmAsrModel(encoders, llm, tokenizer, options.model_config(), sources=sources).to(device)
     logging.info(f"LLM-ASR with {len(encoders)} encoder(s): {model.num_trainable()} trainable parameters")
@@ -142,6 +160,8 @@ def rebuild_llm_asr_model(spec: dict, device="cpu") -> LlmAsrModel:
         raise ValueError(f"the LLM-ASR model was trained on other versions of {changed}: these files are "
                          f"missing or changed since (retrained?); retrain the LLM-ASR stage, or restore them")
     # A spec from before the projector norm existed describes a projector without one.
+    # A spec from before CTC compression existed has none.
     options = config_from_dict(LlmAsrOptions, {"projector_norm": False, **spec["config"], **{k: spec[k] for k in (
-        "llm_dir", "encoder_ckpt", "encoder_preset", "encoder_pad_invariant", "llm_dtype")}})
+        "llm_dir", "encoder_ckpt", "encoder_preset", "encoder_pad_invariant", "llm_dtype")},
+        "encoder_compress": spec.get("encoder_compress", "none")})
     return build_llm_asr_model(options, device)

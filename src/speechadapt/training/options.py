@@ -58,6 +58,9 @@ class TrainingConfig:
     cache_frozen: bool = field(default=True, metadata={
         "help": "zeroth-order steps compute what is frozen (encoders, frozen lower stacks) once per batch, "
                 "not once per query"})
+    frozen_output_store_gb: float = field(default=4.0, metadata={
+        "help": "models with frozen encoders (LLM-ASR, MoSE) keep each utterance's encoder output in CPU memory "
+                "across epochs, up to this many GiB, when no augmentation changes the input; 0 = off"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many updates (0: --num-epochs decides)"})
     tensorboard: bool = True
     save_trainable_only: bool = field(default=False, metadata={
