@@ -321,3 +321,55 @@ def test_ctc_compressed_encoder_loads_the_head_and_refuses_a_checkpoint_without_
     torch.save({"model": {k: v for k, v in ctc.state_dict().items() if not k.startswith("ctc_output")}}, path)
     with pytest.raises(KeyError, match="no CTC head"):
         load_frozen_encoder(path, "tiny", compress="ctc")
+
+
+def test_ctc_token_projector_starts_on_the_token_embeddings_of_the_pieces(llm_dir):
+    from speechadapt.models.ctc_compress import CtcTokenProjector, piece_embedding_table
+
+    llm, tokenizer = load_llm_for_asr(llm_dir)
+    emb = llm.get_input_embeddings().weight.detach().float()
+    pieces = ["<blk>", " turn", " on", "the", "<unk>"]
+    table = piece_embedding_table(pieces, tokenizer, emb, skip=(0,))
+    assert table[0].abs().sum() == 0 and table[4].abs().sum() == 0  # blank and special pieces
+    ids = tokenizer(" turn", add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(table[1], emb[ids].mean(0))
+    proj = CtcTokenProjector(hidden_dim=6, ctc_vocab=5, llm_hidden=emb.size(1), piece_embeddings=table).eval()
+    hidden = torch.randn(1, 3, 6)
+    posterior = torch.eye(5)[[1, 2, 3]].unsqueeze(0)  # runs heard as " turn", " on", "the"
+    out, lens = proj(torch.cat([hidden, posterior], -1), torch.tensor([3]))
+    torch.testing.assert_close(out[0], table[[1, 2, 3]])  # the MLP part starts at zero
+    assert lens.tolist() == [3]
+    out.sum().backward()
+    assert proj.linear2.weight.grad.abs().sum() > 0 and proj.piece_embeddings.grad.abs().sum() > 0
+
+
+def test_ctc_tokens_compression_builds_the_token_projector_and_needs_stack_1(llm_dir, tmp_path):
+    import json
+
+    import sentencepiece as spm
+
+    from speechadapt.models.ctc import ZipformerCtc
+    from speechadapt.models.ctc_compress import CtcTokenProjector
+    from speechadapt.models.llm_asr_build import load_frozen_encoder
+
+    (tmp_path / "text.txt").write_text("\n".join(TEXTS * 20) + "\n")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "text.txt"), model_prefix=str(tmp_path / "bpe"),
+                                   vocab_size=25, model_type="unigram", user_defined_symbols=["<blk>"],
+                                   minloglevel=2)
+    vocab = spm.SentencePieceProcessor(model_file=str(tmp_path / "bpe.model")).get_piece_size()
+    torch.manual_seed(0)
+    ctc = ZipformerCtc(get_preset("tiny", pad_invariant=True), vocab_size=vocab).eval()
+    torch.save({"model": ctc.state_dict()}, tmp_path / "ctc.pt")
+    with pytest.raises(FileNotFoundError, match="model.json"):
+        load_frozen_encoder(tmp_path / "ctc.pt", "tiny", compress="ctc-tokens")
+    (tmp_path / "model.json").write_text(json.dumps({"bpe_model": str(tmp_path / "bpe.model")}))
+    encoder = load_frozen_encoder(tmp_path / "ctc.pt", "tiny", compress="ctc-tokens")
+    assert encoder.output_dim == encoder.hidden_dim + vocab
+    llm, tokenizer = load_llm_for_asr(llm_dir)
+    model = LlmAsrModel([encoder], llm, tokenizer, LlmAsrConfig(stack_k=1, **LORA_SMALL))
+    assert isinstance(model.projectors[0], CtcTokenProjector)
+    x, lens = features([60, 44])
+    assert torch.isfinite(model(x, lens, TEXTS[:2]).loss)
+    llm, tokenizer = load_llm_for_asr(llm_dir)
+    with pytest.raises(ValueError, match="stack-k 1"):
+        LlmAsrModel([encoder], llm, tokenizer, LlmAsrConfig(stack_k=4, **LORA_SMALL))

@@ -9,11 +9,16 @@
 #   $dist_py speechadapt.bin.train ...     # a distributed entry point (training, decoding)
 #
 # stage_end appends "recipe<TAB>stage<TAB>name<TAB>seconds<TAB>profile" to
-# $stage_times (default exp/stage_times.tsv), which the report stage reads.
+# $stage_times (default exp/stage_times.tsv), which the report stage reads. With a
+# reference of the same format (conf/stage_times_<profile>.tsv: a measured run of the
+# profile, committed) it also says how long the rest of the run should take; the
+# top-level ./run.sh exports SPEECHADAPT_RUN_START so the elapsed time spans
+# prepare.sh and run.sh.
 
 _rl_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 _rl_known=()
 _rl_ran=0
+: "${SPEECHADAPT_RUN_START:=$(date +%s)}"
 
 check_stage_range() {
   local v
@@ -52,7 +57,19 @@ stage_end() {
   file=${stage_times:-exp/stage_times.tsv}
   mkdir -p "$(dirname "$file")"
   printf '%s\t%s\t%s\t%s\t%s\n' "${recipe_name:-$(basename "$PWD")}" "$_rl_stage" "$_rl_name" "$secs" "${profile:-}" >> "$file"
-  echo "$(date '+%F %T') stage $_rl_stage done in ${secs} s"
+  echo "$(date '+%F %T') stage $_rl_stage done in ${secs} s$(_rl_eta)"
+}
+
+_rl_eta() {  # ", run Xs so far, about Ys left" (Y from the profile's reference stage times)
+  local ref=${stage_times_ref:-conf/stage_times_${profile:-}.tsv} elapsed left
+  elapsed=$(( $(date +%s) - SPEECHADAPT_RUN_START ))
+  if [ -f "$ref" ]; then
+    left=$(awk -F'\t' -v cur="$_rl_stage" -v last="${stop_stage:-100}" \
+      '$2 + 0 > cur + 0 && $2 + 0 <= last + 0 {s += $4} END {printf "%d", s}' "$ref")
+    printf ', run %d s so far, about %d s left (%s)' "$elapsed" "$left" "$ref"
+  else
+    printf ', run %d s so far' "$elapsed"
+  fi
 }
 
 stages_done() {  # after the last stage_in: say what ran, fail when nothing did

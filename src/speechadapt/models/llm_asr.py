@@ -123,12 +123,8 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
             p.requires_grad_(False)
         self.encoders.eval()
         self.frozen_store: Optional[FrozenOutputStore] = None  # keep_frozen_outputs() turns it on
-        hidden = llm.get_input_embeddings().embedding_dim
         output_rms = token_embedding_rms(llm) if config.projector_norm else None
-        self.projectors = nn.ModuleList(
-            FrameStackProjector(_output_dim(enc), config.stack_k, hidden, config.projector_dropout, output_rms)
-            for enc in encoders
-        )
+        self.projectors = nn.ModuleList(_projector(enc, llm, tokenizer, config, output_rms) for enc in encoders)
         self._init_speech_tokens(llm, config.train_special_tokens)
         if config.use_lora:
             llm = apply_lora(llm, config)
@@ -378,6 +374,22 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _projector(encoder: nn.Module, llm: nn.Module, tokenizer, config: LlmAsrConfig, output_rms) -> nn.Module:
+    """A frame-stacking projector; for an encoder that passes CTC posteriors (``ctc_vocab``,
+    see models/ctc_compress.py) the projector that starts on the pieces' token embeddings."""
+    hidden = llm.get_input_embeddings().embedding_dim
+    if getattr(encoder, "ctc_vocab", 0):
+        from speechadapt.models.ctc_compress import CtcTokenProjector, piece_embedding_table
+
+        if config.stack_k != 1:
+            raise ValueError(f"an encoder with CTC posteriors gives one vector per piece: use --stack-k 1, "
+                             f"not {config.stack_k}")
+        table = piece_embedding_table(encoder.piece_texts, tokenizer,
+                                      llm.get_input_embeddings().weight.detach().float(), skip=(encoder.blank_id,))
+        return CtcTokenProjector(encoder.hidden_dim, encoder.ctc_vocab, hidden, table, config.projector_dropout)
+    return FrameStackProjector(_output_dim(encoder), config.stack_k, hidden, config.projector_dropout, output_rms)
 
 
 def _output_dim(encoder: nn.Module) -> int:

@@ -32,9 +32,11 @@ class LlmAsrOptions(LlmAsrConfig):
         "help": "encoder output of an utterance independent of batch padding"})
     llm_dtype: Optional[str] = field(default=None, metadata={"help": "e.g. bf16 on GPU; default: the checkpoint's"})
     encoder_compress: str = field(default="none", metadata={
-        "choices": ("none", "ctc"),
+        "choices": ("none", "ctc", "ctc-tokens"),
         "help": "ctc: shorten each encoder's output with its checkpoint's CTC head (blank frames dropped, runs of "
-                "one label averaged: about one vector per BPE piece; use with --stack-k 1)"})
+                "one label averaged: about one vector per BPE piece; use with --stack-k 1); ctc-tokens: also pass "
+                "each run's CTC posterior through a matrix that starts at the LLM embeddings of the pieces' text "
+                "(the BPE model named by the checkpoint folder's model.json)"})
 
     def model_config(self) -> LlmAsrConfig:
         names = LlmAsrConfig.__dataclass_fields__
@@ -87,8 +89,8 @@ def load_frozen_encoder(path: PathLike, preset: str = "tiny", device="cpu", pad_
     from speechadapt.models.ctc_compress import CtcCompressedEncoder
     from speechadapt.models.zipformer import ZipformerEncoder, get_preset
 
-    if compress not in ("none", "ctc"):
-        raise ValueError(f"--encoder-compress must be none or ctc, got {compress!r}")
+    if compress not in ("none", "ctc", "ctc-tokens"):
+        raise ValueError(f"--encoder-compress must be none, ctc or ctc-tokens, got {compress!r}")
     state = _checkpoint_state(path)
     encoder = ZipformerEncoder(get_preset(preset, pad_invariant=pad_invariant))
     wanted = {k: v for k, v in state.items() if k.startswith(_ENCODER_PREFIXES)}
@@ -96,18 +98,42 @@ def load_frozen_encoder(path: PathLike, preset: str = "tiny", device="cpu", pad_
         encoder.load_state_dict(wanted, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{path} does not fit the Zipformer preset '{preset}' (--encoder-preset): {e}") from None
-    if compress == "ctc":
+    if compress != "none":
         head = {k[len("ctc_output.1."):]: v for k, v in state.items() if k.startswith("ctc_output.1.")}
         if set(head) != {"weight", "bias"}:
             raise KeyError(f"{path} has no CTC head (ctc_output.1.weight/bias): --encoder-compress ctc needs a "
                            f"Zipformer-CTC checkpoint (icefall's transducer-only checkpoints have none)")
         linear = nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
         linear.load_state_dict(head)
-        encoder = CtcCompressedEncoder(encoder, linear)
+        pieces = ctc_piece_texts(path, linear.out_features) if compress == "ctc-tokens" else None
+        encoder = CtcCompressedEncoder(encoder, linear, piece_texts=pieces)
     for p in encoder.parameters():
         p.requires_grad_(False)
     logging.info(f"loaded frozen Zipformer encoder ({preset}) from {path}")
     return encoder.to(device).eval()
+
+
+def ctc_piece_texts(ckpt: PathLike, vocab_size: int) -> List[str]:
+    """The text of each CTC label of a Zipformer-CTC checkpoint, from the BPE model that
+    the ``model.json`` beside it names."""
+    import json
+
+    import sentencepiece as spm
+
+    from speechadapt.models.ctc_compress import piece_text
+
+    spec_path = Path(ckpt).resolve().parent / "model.json"
+    try:
+        bpe_model = json.loads(spec_path.read_text())["bpe_model"]
+    except (OSError, ValueError, KeyError) as e:
+        raise FileNotFoundError(f"--encoder-compress ctc-tokens reads the BPE model from {spec_path} "
+                                f"(the Zipformer-CTC training folder's model.json): {e}") from None
+    if not Path(bpe_model).is_file():
+        raise FileNotFoundError(f"{spec_path} names the BPE model {bpe_model}, which is missing")
+    sp = spm.SentencePieceProcessor(model_file=str(bpe_model))
+    if sp.get_piece_size() != vocab_size:
+        raise ValueError(f"{bpe_model} has {sp.get_piece_size()} pieces, the CTC head of {ckpt} {vocab_size}")
+    return [piece_text(sp.id_to_piece(i)) for i in range(vocab_size)]
 
 
 def build_llm_asr_model(options: LlmAsrOptions, device="cpu") -> LlmAsrModel:
