@@ -21,6 +21,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 dir="$root/egs/$recipe"
+export SPEECHADAPT_RUN_START=${SPEECHADAPT_RUN_START:-$(date +%s)}  # progress lines count from here
 [ -d "$dir" ] || { echo "$(basename "$0"): no recipe '$recipe' (have: $(ls "$root/egs" | tr '\n' ' '))" >&2; exit 1; }
 cd "$dir"
 

@@ -103,9 +103,15 @@ if stage_in 23; then
   stage_end
 fi
 
-mose_encoders="$ctc_exp/$ctc_model,$ctc2_exp/epoch-$ctc2_epochs-avg-$ctc_avg.pt"
+ctc2_model=$ctc2_exp/epoch-$ctc2_epochs-avg-$ctc_avg.pt
+mose_encoders="$ctc_exp/$ctc_model,$ctc2_model"
 # One MoSE per slot dropout of the profile's grid; the dev WERs of stage 25 choose among them.
+# First the single-encoder LLM-ASR on the second encoder: MoSE must beat the better of the two.
 if stage_in 24; then
+  stage_begin 24 "train LLM-ASR on the second encoder alone ($ctc2_preset), the MoSE baseline"
+  $llm_env $dist_py speechadapt.bin.train $llm_flags --exp-dir $exp_root/llm_asr_ctc2 --encoder-ckpt $ctc2_model \
+    --encoder-preset $ctc2_preset
+  stage_end
   for p in $mose_slot_dropouts; do
     stage_begin 24 "train MoSE ($ctc_preset + $ctc2_preset encoders, slot dropout $p)"
     $llm_env $dist_py speechadapt.bin.train $llm_flags --exp-dir $exp_root/mose_p$p --encoder-ckpt $mose_encoders \
@@ -115,6 +121,11 @@ if stage_in 24; then
 fi
 
 if stage_in 25; then
+  stage_begin 25 "decode LLM-ASR on the second encoder ($ctc2_preset) on the dev and test sets"
+  $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/llm_asr_ctc2 --epoch $llm_epochs --avg $llm_avg \
+    --use-averaged-model true $decode_flags --method llm-asr-$ctc2_preset \
+    --test-sets source_dev,target_dev,source_test,target_test${extra_sets:+,$extra_sets}
+  stage_end
   for p in $mose_slot_dropouts; do
     stage_begin 25 "decode MoSE (slot dropout $p, all slots) on the dev and test sets"
     $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/mose_p$p --epoch $llm_epochs --avg $llm_avg \

@@ -17,8 +17,8 @@ ctc2_epochs=8
 # LLM-ASR / MoSE
 lm_epochs=8
 lm_min_copy_accuracy=0.9  # held-out copy accuracy the tiny LM must reach (bin/pretrain_text_lm.py)
-llm_compress=none  # ctc: each encoder's output shortened by its CTC head (one vector per BPE piece)
-llm_stack_k=4     # frames stacked per LLM embedding (1 with ctc compression)
+llm_compress=ctc-tokens  # each encoder's output shortened by its CTC head, its posteriors read through the pieces' token embeddings (models/ctc_compress.py)
+llm_stack_k=1     # one vector per CTC run already
 lora_r=64
 lora_alpha=16
 llm_epochs=6
