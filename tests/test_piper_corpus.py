@@ -4,6 +4,7 @@ message."""
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,7 +122,34 @@ def test_the_espeak_chunk_seeds_of_later_splits_do_not_move(monkeypatch, tmp_pat
             assert target == expected and seen["synthesise (piper)"]
 
 
-def test_piper_corpus_is_deterministic_and_lists_its_views(tmp_path):
+def _die_on_chunk_one(task):
+    """Chunk 1's worker exits as a crashed native library would (no exception travels back);
+    with a marker path, only the first time."""
+    key, items, marker = task[0], task[-1], task[1]
+    if key == 1 and (marker is None or not os.path.exists(marker)):
+        if marker is not None:
+            Path(marker).touch()
+        os._exit(3)
+    return [(path, 7) for path, *_ in items]
+
+
+def _chunks(marker):
+    return [(k, marker, [(f"chunk{k}-utt{j}.wav", "text") for j in range(2)]) for k in range(3)]
+
+
+def test_a_worker_that_dies_is_rerun_once_then_stops_the_stage(monkeypatch, tmp_path):
+    monkeypatch.setenv(synth.STALL_ENV, "3")
+    written = synth._run_chunks(_die_on_chunk_one, _chunks(str(tmp_path / "died")), 2, "synthesise (test)")
+    assert written == {f"chunk{k}-utt{j}.wav": 7 for k in range(3) for j in range(2)}  # all six, once
+    with pytest.raises(synth.ChunkStallError, match=r"no chunk finished in 3 s \(\d of \d done\)"):
+        synth._run_chunks(_die_on_chunk_one, _chunks(None), 1, "synthesise (test)")
+    monkeypatch.setenv(synth.STALL_ENV, "soon")
+    with pytest.raises(ValueError, match="SPEECHADAPT_CHUNK_STALL_S='soon'"):
+        synth.chunk_stall_seconds()
+
+
+def test_piper_corpus_is_deterministic_and_lists_its_views(tmp_path, monkeypatch):
+    monkeypatch.setenv(synth.STALL_ENV, "120")  # a lost worker costs two minutes here, not the CI budget
     cfg = CorpusConfig(**{**TINY, "piper_fraction": 0.5, "num_piper_heldout": 2})
     rows_a = prepare_corpus(cfg, tmp_path / "a", num_jobs=2)
     prepare_corpus(cfg, tmp_path / "b", num_jobs=1)

@@ -9,8 +9,11 @@ start=$(date +%s)
 . "$root/tools/setup.sh" || { echo "test.sh: set-up failed" >&2; exit 1; }
 echo "test.sh: set-up took $(( $(date +%s) - start )) s"
 t0=$(date +%s)
-python -m pytest -q "$@"
+# bounded, so a hung test fails CI with pytest's summary (SIGINT) instead of eating its budget
+limit=${SPEECHADAPT_TEST_TIMEOUT_S:-2400}
+timeout --signal=INT --kill-after=60 "$limit" python -m pytest -q "$@"
 rc=$?
+[ "$rc" -eq 124 ] && echo "test.sh: pytest stopped after $limit s (SPEECHADAPT_TEST_TIMEOUT_S)" >&2
 echo "test.sh: pytest took $(( $(date +%s) - t0 )) s (exit $rc)"
 # pytest's exit 5 means no test ran: that is a failure for CI.
 exit $rc

@@ -23,6 +23,7 @@ Each split gets ``<audio_dir>/<split>.jsonl`` metadata that the manifest stage r
 import dataclasses
 import logging
 import multiprocessing as mp
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,6 +257,13 @@ def _clean_path(audio_dir: Path, row: dict) -> Path:
     return audio_dir / sub / f"{row['id']}.wav"
 
 
+STALL_ENV = "SPEECHADAPT_CHUNK_STALL_S"
+
+
+class ChunkStallError(RuntimeError):
+    """No synthesis chunk finished within the stall limit."""
+
+
 def _fresh_process_pool(num_jobs: int):
     # fork from this process, which never loads espeak (only workers do); one task per
     # child, so each chunk starts from espeak's initial state. Fork (not spawn) needs no
@@ -321,16 +329,47 @@ def synthesise(plan: Dict[str, List[dict]], audio_dir: Path, chunk_size: int, nu
         rows_by_path[path]["clean_audio"] = path
 
 
-def _run_chunks(worker, tasks, num_jobs: int, desc: str, make_pool=None) -> Dict[str, int]:
+def _run_chunks(worker, tasks, num_jobs: int, desc: str, make_pool=None, retries: int = 1) -> Dict[str, int]:
+    """Run ``tasks`` (each ending in its list of ``(path, ...)`` items) in fresh workers. A chunk
+    whose worker dies or stalls would make Pool wait forever: after the stall limit the pool is
+    dropped and the unfinished chunks rerun in a fresh one (each chunk carries its own seed, so
+    the bytes do not change); after ``retries`` such restarts the stage stops, saying so."""
     written: Dict[str, int] = {}
-    if not tasks:
-        return written
-    with (make_pool or _fresh_process_pool)(num_jobs) as pool, tqdm(total=sum(len(t[-1]) for t in tasks), desc=desc,
-                                                      disable=progress_disabled()) as bar:
-        for done in pool.imap_unordered(worker, tasks):
+    pending = list(tasks)
+    with tqdm(total=sum(len(t[-1]) for t in tasks), desc=desc, disable=progress_disabled()) as bar:
+        for attempt in range(retries + 1):
+            try:
+                _drain_chunks(worker, pending, num_jobs, desc, make_pool or _fresh_process_pool, written, bar)
+                return written
+            except ChunkStallError as err:
+                pending = [t for t in pending if not all(item[0] in written for item in t[-1])]
+                if attempt == retries:
+                    raise
+                logger.warning("%s; rerunning its %d unfinished chunks in fresh workers", err, len(pending))
+    return written
+
+
+def _drain_chunks(worker, tasks, num_jobs: int, desc: str, make_pool, written: Dict[str, int], bar) -> None:
+    stall_s = chunk_stall_seconds()
+    with make_pool(num_jobs) as pool:  # leaving the block terminates the workers, a stalled one too
+        results = pool.imap_unordered(worker, tasks)
+        for finished in range(len(tasks)):
+            try:
+                done = dict(results.next(timeout=stall_s))
+            except mp.TimeoutError:
+                raise ChunkStallError(f"{desc}: no chunk finished in {stall_s:.0f} s ({finished} of {len(tasks)} "
+                                      f"done); a worker died or hangs (its traceback, if any, is above); "
+                                      f"{STALL_ENV} sets the limit") from None
             written.update(done)
             bar.update(len(done))
-    return written
+
+
+def chunk_stall_seconds() -> float:
+    value = os.environ.get(STALL_ENV, "600")
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{STALL_ENV}={value!r} is not a number of seconds") from None
 
 
 # ---- 3. target noise, mixed once ------------------------------------------------------
