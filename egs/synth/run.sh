@@ -43,6 +43,9 @@ ctc_flags="--config conf/ctc.yaml --lang-dir $lang $data_flags --encoder-preset 
 extra_sets=$( [ -f $data_dir/audio/extra_splits.txt ] && paste -sd, $data_dir/audio/extra_splits.txt || true)
 decode_flags="--config conf/decode.yaml $data_flags --results $results \
   --test-sets source_test,target_test${extra_sets:+,$extra_sets}"
+# Every method (fine-tuning, TTA, merging) is scored on these; untuned_test, when the corpus
+# has it, is a shift no method or hyper-parameter choice ever sees.
+eval_sets=source_test,target_test$(grep -qsx untuned_test $data_dir/audio/extra_splits.txt && echo ,untuned_test || true)
 # The tiny LLM stages run on one thread: more only contend on a shared CPU.
 llm_env="env OMP_NUM_THREADS=1"
 
@@ -138,7 +141,7 @@ fi
 # ---- 30-39 fine-tuning on the target domain (first-order and zeroth-order) ----------
 # One conf/ft/<run>.yaml per method (optimiser, what is tuned, rates chosen on
 # target_dev); budgets from the profile; 8 dev evaluations per run.
-ft_data="$data_flags --train-split target_adapt --valid-split target_dev --test-sets source_test,target_test \
+ft_data="$data_flags --train-split target_adapt --valid-split target_dev --test-sets $eval_sets \
   --results $results --max-duration $ft_max_duration --max-bad-transcripts $ft_max_bad_transcripts \
   --start-epoch $start_epoch"
 ctc_source="--source-exp-dir $ctc_exp --checkpoint $ctc_exp/$ctc_model"
@@ -178,7 +181,7 @@ fi
 # ---- 40-49 test-time adaptation of the Zipformer-CTC (one utterance at a time) --------
 # One conf/tta/<method>.yaml per method; the rate is chosen on target_dev by the profile's
 # grid (exp_dir/grid.jsonl), then source_test and target_test are adapted with it.
-tta_data="$data_flags --test-sets source_test,target_test --tune-set target_dev --results $results"
+tta_data="$data_flags --test-sets $eval_sets --tune-set target_dev --results $results"
 tta() {  # tta CONF GRID [FLAGS]: one run of conf/tta/CONF.yaml
   OMP_NUM_THREADS=1 python -m speechadapt.bin.tta --config conf/tta/$1.yaml $ctc_source $tta_data \
     --exp-dir $exp_root/tta_ctc/$1 ${2:+--grid "$2"} ${3:-}
@@ -221,7 +224,7 @@ forget() {  # forget CONF STEPS [FLAGS] [DIR]: one run of conf/forget/CONF.yaml,
 merge_sweep() {  # merge_sweep RUN METHOD: the alpha sweep of RUN's best weights with the source
   python -m speechadapt.bin.merge --config conf/forget/merge.yaml --base $ctc_exp/$ctc_model \
     --finetuned $forget_root/$1/best.pt --out $forget_root/merge_$1/merged.pt --method $2 \
-    --test-sets source_test,target_test $data_flags --results $results
+    --test-sets $eval_sets $data_flags --results $results
 }
 if stage_in 50; then
   stage_begin 50 "the pre-trained model, then plain fine-tuning (all parameters, constant rate)"

@@ -1,4 +1,5 @@
-"""Noise for the target domain and for augmentation: white, pink, babble; SNR mixing.
+"""Noise for the target domain and for augmentation: white, pink, babble; machine hum for the
+untuned shift only; SNR mixing.
 
 Everything takes an explicit ``numpy.random.Generator`` so the target noise is the
 same on every run for a seed. Signals are float arrays in [-1, 1].
@@ -8,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-NOISE_TYPES = ("white", "pink", "babble")
+NOISE_TYPES = ("white", "pink", "babble", "hum")
 
 
 def white_noise(num_samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -24,6 +25,18 @@ def pink_noise(num_samples: int, rng: np.random.Generator) -> np.ndarray:
     spectrum /= np.sqrt(freqs)
     spectrum[0] = 0.0
     return _unit_rms(np.fft.irfft(spectrum, n=num_samples))
+
+
+def hum_noise(num_samples: int, rng: np.random.Generator, rate_hz: int = 16000) -> np.ndarray:
+    """Unit-RMS machine hum: a random 90-180 Hz fundamental with 1/k harmonics up to 4 kHz,
+    each slowly wobbling in level, over a floor of pink noise (a tonal, not broadband, shift)."""
+    t = np.arange(num_samples) / rate_hz
+    f0 = rng.uniform(90.0, 180.0)
+    out = np.zeros(num_samples)
+    for k in range(1, int(4000 // f0) + 1):
+        wobble = 1.0 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.2, 2.0) * t + rng.uniform(0, 2 * np.pi))
+        out += wobble * np.sin(2 * np.pi * k * f0 * t + rng.uniform(0, 2 * np.pi)) / k
+    return _unit_rms(_unit_rms(out) + 0.3 * pink_noise(num_samples, rng))
 
 
 def babble_noise(
@@ -54,6 +67,8 @@ def make_noise(kind: str, num_samples: int, rng: np.random.Generator,
         return pink_noise(num_samples, rng)
     if kind == "babble":
         return babble_noise(num_samples, talkers, num_talkers, rng)
+    if kind == "hum":
+        return hum_noise(num_samples, rng)
     raise ValueError(f"unknown noise type {kind!r}; expected one of {NOISE_TYPES}")
 
 

