@@ -61,7 +61,7 @@ def test_finetune_table_has_cost_and_change_against_zero_shot(tmp_path):
     text = out.read_text()
     assert "Source: `exp/ctc:epoch-8-avg-3`" in text
     assert "| mezo-norms | 1,200 | 50 | 100 | 0 | 12.5 | 300.0 | 1.01 | 16.00 | 11.00 | -20.0% | +10.0% |" in text
-    assert text.count("| mezo-norms |") == 1
+    assert text.split("## finetune")[1].count("| mezo-norms |") == 1  # the rerun replaced its row
     assert (tmp_path / "plots" / "dev-ft.png").stat().st_size > 1000
 
 
@@ -105,6 +105,43 @@ def test_forgetting_table_weighs_source_kept_target_gained_and_the_speaker_probe
     assert "| speech-ft (alpha 0.3) |  |  | 1.02 | 12.00 | +2.0% | 80% | 88.5 |" in text
     assert "| pre-trained |  |  | 1.00 | 20.00 | +0.0% | 0% | 90.0 |" in text
     assert "| plain-ft | 200 |  | 2.00 | 10.00 | +100.0% | 100% |  |" in text
-    assert text.count("| plain-ft |") == 1  # the rerun replaced the earlier run's row
+    assert text.split("## forgetting")[1].count("| plain-ft |") == 1  # the rerun replaced the earlier run's row
     assert "| 0.3 * |" not in text and "| 0.5 | 1.20 | 14.00 |" in text  # the sweep table, the pick marked
     assert (tmp_path / "plots" / "merge-alpha-speech-ft.png").stat().st_size > 1000
+
+
+def test_one_table_puts_every_method_against_one_zero_shot_row_and_plots_gain_against_cost(tmp_path):
+    from speechadapt.decoding.scoring import ResultRecord as R
+
+    res = tmp_path / "results.jsonl"
+    src = "exp/full/ctc:epoch-8-avg-3.pt"
+    ft = dict(source=src, tuned_params=1000, forwards=400, backwards=200, train_wall_s=50.0, peak_train_mb=700.0)
+    records = [  # (family, method, model, extra, {set: WER})
+        ("finetune", "zero-shot", "ft_ctc/zero_shot", dict(source=src, tuned_params=0, forwards=0, backwards=0),
+         {"source_test": 2.0, "target_test": 20.0, "untuned_test": 40.0}),
+        ("finetune", "mezo-all", "ft_ctc/mezo_all", dict(ft, backwards=0), {"source_test": 2.2, "target_test": 15.0,
+                                                                           "untuned_test": 38.0}),
+        ("tta", "no-tta", "tta_ctc/none", dict(source=src, steps_per_utt=0), {"target_test": 20.0}),
+        ("tta", "suta", "tta_ctc/suta", dict(source=src, tuned_params=50, forwards=9, backwards=9, adapt_wall_s=3.5,
+                                             peak_mb=300.0), {"target_test": 18.0, "untuned_test": 44.0}),
+        ("forgetting", "pre-trained", "forget/pretrained", dict(source=src), {"target_test": 20.0}),
+        ("forgetting", "plain-ft", "forget/plain_ft", ft, {"source_test": 3.0, "target_test": 10.0}),
+        ("forgetting", "plain-ft+merge", "forget/merge_plain_ft",
+         dict(alpha=0.5, finetuned=["exp/full/forget/plain_ft/best.pt"]), {"source_test": 2.1, "target_test": 12.0}),
+    ]
+    for family, method, model, extra, wers in records:
+        for test_set, wer in wers.items():
+            append_result(res, R(method, test_set, wer, model=model, extra=dict(family=family, **extra)))
+    append_result(res, R("plain-ft", "all", None, extra=dict(family="probe", accuracy=71.5)))
+    text = report.render(tmp_path, res, tmp_path / "none.tsv", tmp_path / "R.md", tmp_path / "plots", "t")
+    story = text.split("## Every method on one footing")[1].split("\n## ")[0]
+    assert text.index("## Every method on one footing") < text.index("## finetune")
+    lines = [line for line in story.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| method | family | source model | source_test | target_test | untuned_test | "
+                               "target_test vs zero-shot | untuned_test vs zero-shot | source_test vs zero-shot |")
+    assert sum(line.startswith("| zero-shot |") for line in lines) == 1  # no-tta and pre-trained fold into it
+    assert "| mezo-all | finetune | ctc | 2.20 | 15.00 | 38.00 | -25.0% | -5.0% | +10.0% | 1,000 | 400 | 0 | 50 |" in story
+    assert "| suta | tta | ctc |  | 18.00 | 44.00 | -10.0% | +10.0% |  | 50 | 9 | 9 | 3.5 | 300 |  |" in story
+    assert "| plain-ft | forgetting | ctc | 3.00 | 10.00 |  | -50.0% |  | +50.0% | 1,000 | 400 | 200 | 50 | 700 | 71.5 |" in story
+    assert "| plain-ft+merge (alpha 0.5) | forgetting | ctc | 2.10 | 12.00 |  | -40.0% |  | +5.0% | 1,000 | 400 | 200 | 50 * |" in story
+    assert (tmp_path / "plots" / "story-gain-vs-cost.png").stat().st_size > 5000

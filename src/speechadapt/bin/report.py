@@ -2,7 +2,8 @@
 
     python -m speechadapt.bin.report --exp-dir egs/synth/exp --out egs/synth/RESULTS.md
 
-Tables: one per stage family (a record's ``extra["family"]``, else the part of its
+First the comparison of every adaptation method against one zero-shot row per source model,
+with a plot of target gain against cost (``decoding/overview.py``). Then tables: one per stage family (a record's ``extra["family"]``, else the part of its
 method before the first "/"), rows = (method, model), columns = test sets, the latest
 record of each cell; fine-tuning and test-time adaptation records (families
 ``finetune``, ``tta``) get one table per source model with their cost (tuned
@@ -21,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from speechadapt.decoding.overview import plot_gain_vs_cost, story_rows, story_table
 from speechadapt.decoding.scoring import read_results
 from speechadapt.utils.io import atomic_write_text
 
@@ -330,7 +332,10 @@ def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir:
     picked = {m: float(c["extra"]["alpha"]) for (m, _), cells in tables.get("forgetting", {}).items()
               for c in list(cells.values())[:1] if "alpha" in (c.get("extra") or {})}
     plot_dir.mkdir(parents=True, exist_ok=True)
-    plots = plot_family_wers(tables, plot_dir) if tables else []
+    story = story_rows(tables, probes)
+    story_plot = plot_gain_vs_cost(story, plot_dir)
+    plots = [story_plot] if story_plot else []
+    plots += plot_family_wers(tables, plot_dir) if tables else []
     plots += plot_merge_sweeps(sweeps, picked, plot_dir) if sweeps else []
     plots += plot_training_curves(exp_dir, plot_dir) if exp_dir.exists() else []
     plots += plot_dev_curves(exp_dir, plot_dir) if exp_dir.exists() else []
@@ -344,6 +349,8 @@ def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir:
         "where a set does share sentences with it, a `SET_unseen` column scores only those it does not.",
         "",
     ]
+    if story:
+        lines += ["## Every method on one footing", "", *story_table(story)]
     for family, rows in tables.items():
         if family == "forgetting":
             body = forgetting_table(rows, probes) + sweep_section(sweeps, picked)

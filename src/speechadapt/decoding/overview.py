@@ -1,0 +1,146 @@
+"""The one comparison table at the top of a recipe's RESULTS.md: every adaptation method
+(fine-tuning first- and zeroth-order, test-time adaptation, fine-tuning without forgetting,
+merging) on one footing, against one zero-shot row per source model, and one plot of the
+target-WER gain against what it cost. Built from the report's per-family cells only.
+
+Costs are what each method spent to reach its row: a fine-tuning run's training (updates on
+target_adapt; forward and backward passes, seconds, peak memory of the training), a TTA
+run's adaptation of target_test (its passes and seconds over that set's utterances). A
+merge adds no passes of its own beyond the alpha sweep's decodes, so its cost columns are
+those of the fine-tuning run it merges, marked as such.
+"""
+
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+# family -> its zero-shot row: the same source model, not adapted
+BASELINES = {"finetune": "zero-shot", "tta": "no-tta", "forgetting": "pre-trained"}
+STORY_SETS = ("source_test", "target_test", "untuned_test")
+REFERENCE = "target_test"  # the set a gain is measured on (tuning used target_dev)
+
+
+def _extra(cells: Dict[str, dict], test_set: str = REFERENCE) -> dict:
+    rec = cells.get(test_set) or next(iter(cells.values()))
+    return rec.get("extra") or {}
+
+
+def source_label(source: str) -> str:
+    """``exp/full/ctc:epoch-8-avg-3.pt`` -> ``ctc``: the source model's run folder."""
+    return Path(source.split(":")[0]).name or source
+
+
+def _cost(family: str, extra: dict) -> dict:
+    if family == "tta":  # adapting target_test itself, utterance by utterance
+        return dict(params=extra.get("tuned_params"), forwards=extra.get("forwards"),
+                    backwards=extra.get("backwards"), seconds=extra.get("adapt_wall_s"), peak_mb=extra.get("peak_mb"))
+    return dict(params=extra.get("tuned_params"), forwards=extra.get("forwards"), backwards=extra.get("backwards"),
+                seconds=extra.get("train_wall_s"), peak_mb=extra.get("peak_train_mb"))
+
+
+def story_rows(tables: Dict[str, Dict[Tuple[str, str], Dict[str, dict]]],
+               probes: Dict[str, dict]) -> List[dict]:
+    """One row per method and source model; a zero-shot row first for each source model."""
+    zero: Dict[str, dict] = {}
+    rows: List[dict] = []
+    cost_of_run: Dict[str, dict] = {}  # a forgetting run's folder name -> its cost (what a merge of it reuses)
+    forgetting_source = ""
+    for family, baseline in BASELINES.items():
+        for (method, model), cells in tables.get(family, {}).items():
+            extra = _extra(cells)
+            source = str(extra.get("source") or "")
+            if family == "forgetting":
+                forgetting_source = forgetting_source or source
+                source = source or forgetting_source  # a merge record names its base weights instead
+            wers = {s: cells[s]["wer"] for s in STORY_SETS if s in cells}
+            if method == baseline:
+                zero.setdefault(source, dict(method="zero-shot", family="-", source=source, wers=wers, cost={},
+                                             probe=probes.get(baseline)))
+                continue
+            row = dict(method=method, family=family, source=source, wers=wers, cost=_cost(family, extra),
+                       probe=probes.get(method), merges=[Path(n).parent.name for n in extra.get("finetuned") or []])
+            if "alpha" in extra:
+                row["method"] = f"{method} (alpha {extra['alpha']:g})"
+            elif family == "forgetting":
+                cost_of_run[Path(model).name] = row["cost"]
+            rows.append(row)
+    for row in rows:
+        if row["merges"]:
+            row["cost"] = dict(next((cost_of_run[m] for m in row["merges"] if m in cost_of_run), {}), note="merge")
+    ordered: List[dict] = []
+    for source, base in zero.items():
+        ordered += [base] + [r for r in rows if r["source"] == source]
+    return ordered + [r for r in rows if r["source"] not in zero]
+
+
+def _relative(row: dict, base: Optional[dict], test_set: str) -> str:
+    if not base or test_set not in row["wers"] or not base["wers"].get(test_set):
+        return ""
+    return f"{100 * (row['wers'][test_set] - base['wers'][test_set]) / base['wers'][test_set]:+.1f}%"
+
+
+def _num(value, fmt: str = "{:,}") -> str:
+    return "" if value in (None, "") else fmt.format(value)
+
+
+def story_table(rows: List[dict]) -> List[str]:
+    if not rows:
+        return []
+    sets = [s for s in STORY_SETS if any(s in r["wers"] for r in rows)]
+    changes = [s for s in sets if s != "source_test"] + ["source_test"]
+    head = ["method", "family", "source model", *sets, *[f"{s} vs zero-shot" for s in changes],
+            "tuned params", "forwards", "backwards", "seconds", "peak MB", "speaker probe acc"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base_of = {r["source"]: r for r in rows if r["method"] == "zero-shot"}
+    for r in rows:
+        c, probe = r["cost"], r["probe"]
+        seconds = _num(c.get("seconds"), "{:g}") + (" *" if c.get("note") else "")
+        cells = [r["method"], r["family"], source_label(r["source"]),
+                 *[f"{r['wers'][s]:.2f}" if s in r["wers"] else "" for s in sets],
+                 *[_relative(r, base_of.get(r["source"]), s) if r["method"] != "zero-shot" else "" for s in changes],
+                 _num(c.get("params")), _num(c.get("forwards")), _num(c.get("backwards")), seconds,
+                 _num(c.get("peak_mb"), "{:g}"), f"{probe['extra']['accuracy']:.1f}" if probe else ""]
+        out.append("| " + " | ".join(cells) + " |")
+    notes = ["", "WER in percent; each change is relative to the zero-shot row of the same source model. "
+             "Costs: a fine-tuning run's training on target_adapt; a TTA run's adaptation of target_test "
+             "(per utterance, summed over the set). * a merge: the cost of the fine-tuning run it merges "
+             "(merging adds the alpha sweep's dev decodes). `untuned_test` is never used to choose anything.", ""]
+    return out + notes
+
+
+def plot_gain_vs_cost(rows: List[dict], plot_dir: Path) -> Optional[Path]:
+    """Target-WER gain over zero-shot (points) against forward + backward passes, per method."""
+    base_of = {r["source"]: r for r in rows if r["method"] == "zero-shot"}
+    points = []
+    for r in rows:
+        base = base_of.get(r["source"])
+        passes = (r["cost"].get("forwards") or 0) + (r["cost"].get("backwards") or 0)
+        if r["method"] == "zero-shot" or not base or REFERENCE not in r["wers"] or REFERENCE not in base["wers"]:
+            continue
+        points.append((r, passes, base["wers"][REFERENCE] - r["wers"][REFERENCE]))
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = {"finetune": "o", "tta": "s", "forgetting": "^"}
+    for family in markers:
+        fam = [(r, x, y) for r, x, y in points if r["family"] == family]
+        if fam:
+            ax.scatter([x for _, x, _ in fam], [y for _, _, y in fam], marker=markers[family], label=family)
+        for r, x, y in fam:
+            ax.annotate(f"{r['method']} [{source_label(r['source'])}]", (x, y), fontsize=6,
+                        xytext=(3, 2), textcoords="offset points")
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xscale("symlog")
+    ax.set_xlabel("forward + backward passes (training, or adapting target_test)")
+    ax.set_ylabel("target_test WER gain over zero-shot (points)")
+    ax.set_title("what each method gains on the target, against what it costs")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = plot_dir / "story-gain-vs-cost.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
