@@ -57,3 +57,54 @@ def test_stage_end_says_how_long_the_rest_of_the_run_takes(tmp_path):
     out = bash(script, "100")
     assert "so far" in out.stdout and "left" not in out.stdout  # no reference: elapsed only
     assert (tmp_path / "st.tsv").read_text().count("\n") == 3
+
+
+def test_the_estimate_from_a_reference_run_counts_side_by_side_stages_once(tmp_path):
+    (tmp_path / "conf").mkdir()
+    # stage 23 ran beside 10-20 (its 140 s overlap theirs); column 6: seconds since the run began
+    rows = [("10", "a", "100", "100"), ("12", "decode", "10", "110"), ("23", "b", "140", "150"),
+            ("20", "lm", "50", "160"), ("90", "r", "40", "200")]
+    (tmp_path / "conf" / "stage_times_default.tsv").write_text(
+        "".join(f"synth\t{s}\t{n}\t{secs}\tdefault\t{end}\n" for s, n, secs, end in rows))
+    script = (f'cd {tmp_path}; profile=default stage=10 stop_stage=$1 stage_times={tmp_path}/st.tsv; '
+              f'. {ROOT}/tools/recipe_lib.sh; stage_begin 12 "decode"; stage_end')
+    assert "about 90 s left" in bash(script, "100").stdout  # 200 - 110, not the sum 230
+    assert "about 50 s left" in bash(script, "25").stdout  # up to stage 23's end: 160 - 110
+    row = (tmp_path / "st.tsv").read_text().splitlines()[0].split("\t")
+    assert len(row) == 6 and row[1] == "12" and int(row[5]) >= 0
+
+
+SIDE = """
+f() {{
+  if stage_in 23; then stage_begin 23 "beside"; echo "side ${{OMP_NUM_THREADS:-unset}}" > {d}/side; sleep 1; {fail}; stage_end; fi
+}}
+side_start f
+if stage_in 10; then stage_begin 10 "front"; echo "front ${{OMP_NUM_THREADS:-unset}}" > {d}/front; stage_end; fi
+side_join f
+echo "after ${{OMP_NUM_THREADS:-unset}}"
+stages_done
+"""
+
+
+def test_side_by_side_stages_run_on_one_thread_each_and_report_where_they_would_have_run(tmp_path):
+    head = (f'set -euo pipefail; cd {tmp_path}; unset OMP_NUM_THREADS; profile=default stage=10 stop_stage=30 '
+            f'exp_root={tmp_path}/exp stage_times={tmp_path}/st.tsv side_by_side=$1; . {ROOT}/tools/recipe_lib.sh; ')
+    out = bash(head + SIDE.format(d=tmp_path, fail="true"), "true")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "side").read_text().split() == ["side", "1"]
+    assert (tmp_path / "front").read_text().split() == ["front", "1"]  # the foreground shares the cores
+    lines = out.stdout.splitlines()
+    started = next(i for i, line in enumerate(lines) if "f: started side by side" in line)
+    front = next(i for i, line in enumerate(lines) if "stage 10 done" in line)
+    beside = next(i for i, line in enumerate(lines) if line.startswith("[f] ") and "stage 23 done" in line)
+    assert started < front < beside
+    assert "after unset" in out.stdout and "2 stage(s) of 10..30 done" in out.stdout  # threads restored
+    assert (tmp_path / "exp" / "logs" / "f.log").is_file()
+
+    out = bash(head + SIDE.format(d=tmp_path, fail="true"), "false")  # one at a time: f runs at side_join
+    assert out.returncode == 0 and "started side by side" not in out.stdout
+    assert out.stdout.index("stage 10 done") < out.stdout.index("stage 23 done")
+
+    out = bash(head + SIDE.format(d=tmp_path, fail="exit 3"), "true")
+    assert out.returncode == 3 and "f (side by side) failed with exit 3" in out.stderr
+    assert "after" not in out.stdout

@@ -5,13 +5,13 @@ cd "$(dirname "$0")"
 recipe_name=synth
 stage=0
 stop_stage=100
-profile=full        # fast (CI, minutes) or full
-data_dir=           # default: data (full) or data/fast (fast), so CI never clobbers the full corpus
+profile=default     # default (about 30 min on 2 cores), full (hours, stronger) or fast (CI, minutes)
+data_dir=           # default: data/<profile> (full: data), so CI never clobbers another profile's corpus
 corpus_conf=        # default: conf/corpus_$profile.yaml
 num_jobs=2
-vocab_size=         # default: 500 (full) or 100 (fast)
+vocab_size=         # default: 500 (default, full) or 100 (fast)
 speed_perturb=false # true: add 0.9/1.1 speed-perturbed copies of source_train (3x the fbank)
-usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--num-jobs N] [--vocab-size V] [--speed-perturb true|false]"
+usage="Usage: $0 [--stage N] [--stop-stage M] [--profile default|full|fast] [--num-jobs N] [--vocab-size V] [--speed-perturb true|false]"
 . ../../tools/parse_options.sh
 . ../../tools/setup.sh >/dev/null
 . ../../tools/recipe_lib.sh
@@ -19,8 +19,9 @@ check_stage_range
 
 case "$profile" in
   full) : "${data_dir:=data}"; : "${vocab_size:=500}"; num_rirs=200 ;;
+  default) : "${data_dir:=data/default}"; : "${vocab_size:=500}"; num_rirs=100 ;;
   fast) : "${data_dir:=data/fast}"; : "${vocab_size:=100}"; num_rirs=20 ;;
-  *) echo "$0: unknown profile '$profile' (fast or full)" >&2; exit 1 ;;
+  *) echo "$0: unknown profile '$profile' (default, full or fast)" >&2; exit 1 ;;
 esac
 : "${corpus_conf:=conf/corpus_$profile.yaml}"
 stage_times=exp/$profile/stage_times.tsv   # read by the report stage

@@ -9,21 +9,24 @@ cd "$(dirname "$0")"
 recipe_name=synth
 stage=10
 stop_stage=100
-profile=full        # fast (CI, minutes) or full
+profile=default     # default (about 30 min on 2 cores), full (hours, stronger) or fast (CI, minutes)
 world_size=1
 launcher=local      # local, or slurm: distributed stages via tools/slurm_launch.sh (docs/scale.md)
 start_epoch=auto    # training stages resume from their newest checkpoint; 1 = fresh (refuses an old run)
+side_by_side=      # true: stage 23 beside 10-22, stages 40-45 beside 30-38, one core each (default: the profile's)
 mose_slot_dropouts= # stages 24-25: these slot dropouts ("0.0 0.3") instead of the profile's grid
-usage="Usage: $0 [--stage N] [--stop-stage M] [--profile fast|full] [--world-size N] [--launcher local|slurm] [--start-epoch auto|N] [--mose-slot-dropouts 'P ...']"
+usage="Usage: $0 [--stage N] [--stop-stage M] [--profile default|full|fast] [--world-size N] [--launcher local|slurm] [--start-epoch auto|N] [--mose-slot-dropouts 'P ...'] [--side-by-side true|false]"
 . ../../tools/parse_options.sh
 . ../../tools/setup.sh >/dev/null
 . ../../tools/recipe_lib.sh
 check_stage_range
 set_launcher
-case "$profile" in fast|full) ;; *) echo "$0: unknown profile '$profile'" >&2; exit 1 ;; esac
+case "$profile" in default|fast|full) ;; *) echo "$0: unknown profile '$profile'" >&2; exit 1 ;; esac
 _mose_grid=$mose_slot_dropouts
+_side=$side_by_side
 . conf/recipe_$profile.sh   # data_dir, exp_root and the per-profile sizes below
 mose_slot_dropouts=${_mose_grid:-$mose_slot_dropouts}
+side_by_side=${_side:-${side_by_side:-false}}
 
 stage_times=$exp_root/stage_times.tsv
 fbank=$data_dir/fbank
@@ -49,7 +52,23 @@ eval_sets=source_test,target_test$(grep -qsx untuned_test $data_dir/audio/extra_
 # The tiny LLM stages run on one thread: more only contend on a shared CPU.
 llm_env="env OMP_NUM_THREADS=1"
 
+# Stage 23 needs only the data: with --side-by-side it trains beside stage 10 (and the text
+# LM), each on one core; side_join below waits for it where it would have run.
+second_encoder() {
+  if stage_in 23; then
+    stage_begin 23 "second Zipformer-CTC encoder for MoSE ($ctc2_preset, another seed)"
+    $dist_py speechadapt.bin.train $ctc_flags --encoder-preset $ctc2_preset --exp-dir $ctc2_exp \
+      --num-epochs $ctc2_epochs --seed 7
+    python -m speechadapt.bin.average_checkpoints --exp-dir $ctc2_exp --epoch $ctc2_epochs \
+      --avg $ctc_avg --use-averaged-model true
+    $dist_py speechadapt.bin.decode --exp-dir $ctc2_exp --epoch $ctc2_epochs --avg $ctc_avg \
+      --use-averaged-model true --method zipformer-ctc-$ctc2_preset $decode_flags
+    stage_end
+  fi
+}
+
 # ---- 10-19 Zipformer-CTC -----------------------------------------------------------
+side_start second_encoder
 if stage_in 10; then
   stage_begin 10 "train Zipformer-CTC ($ctc_preset) on source_train"
   $dist_py speechadapt.bin.train $ctc_flags --exp-dir $ctc_exp --num-epochs $ctc_epochs --seed 42
@@ -95,16 +114,7 @@ if stage_in 22; then
   stage_end
 fi
 
-if stage_in 23; then
-  stage_begin 23 "second Zipformer-CTC encoder for MoSE ($ctc2_preset, another seed)"
-  $dist_py speechadapt.bin.train $ctc_flags --encoder-preset $ctc2_preset --exp-dir $ctc2_exp \
-    --num-epochs $ctc2_epochs --seed 7
-  python -m speechadapt.bin.average_checkpoints --exp-dir $ctc2_exp --epoch $ctc2_epochs \
-    --avg $ctc_avg --use-averaged-model true
-  $dist_py speechadapt.bin.decode --exp-dir $ctc2_exp --epoch $ctc2_epochs --avg $ctc_avg \
-    --use-averaged-model true --method zipformer-ctc-$ctc2_preset $decode_flags
-  stage_end
-fi
+side_join second_encoder  # started beside stage 10 (--side-by-side), or run here
 
 ctc2_model=$ctc2_exp/epoch-$ctc2_epochs-avg-$ctc_avg.pt
 mose_encoders="$ctc_exp/$ctc_model,$ctc2_model"
@@ -146,22 +156,65 @@ ft_data="$data_flags --train-split target_adapt --valid-split target_dev --test-
   --start-epoch $start_epoch"
 ctc_source="--source-exp-dir $ctc_exp --checkpoint $ctc_exp/$ctc_model"
 llm_source="--source-exp-dir $exp_root/llm_asr --epoch $llm_epochs --avg $llm_avg --use-averaged-model true"
-finetune() {  # finetune SOURCE_FLAGS CONF OUT_DIR STEPS [ENV]: one run of conf/ft/CONF.yaml
+finetune() {  # finetune SOURCE_FLAGS CONF OUT_DIR STEPS [ENV] [FLAGS] [RUN]: one run of conf/ft/CONF.yaml
   local every=$(( $4 / 8 > 0 ? $4 / 8 : 1 ))
-  ${5:-} $dist_py speechadapt.bin.finetune --config conf/ft/$2.yaml $1 $ft_data --exp-dir $exp_root/$3/$2 \
-    --max-steps $4 --eval-every $every
+  ${5:-} $dist_py speechadapt.bin.finetune --config conf/ft/$2.yaml $1 $ft_data --exp-dir $exp_root/$3/${7:-$2} \
+    --max-steps $4 --eval-every $every ${6:-}
 }
+# ---- 40-49 test-time adaptation of the Zipformer-CTC (one utterance at a time) --------
+# One conf/tta/<method>.yaml per method; the rate is chosen on target_dev by the profile's
+# grid (exp_dir/grid.jsonl), then source_test and target_test are adapted with it.
+tta_data="$data_flags --test-sets $eval_sets --tune-set target_dev --results $results"
+tta() {  # tta CONF GRID [FLAGS] [RUN]: one run of conf/tta/CONF.yaml
+  OMP_NUM_THREADS=1 python -m speechadapt.bin.tta --config conf/tta/$1.yaml $ctc_source $tta_data \
+    --exp-dir $exp_root/tta_ctc/${4:-$1} ${2:+--grid "$2"} ${3:-}
+}
+tta_stages() {  # 40-45; with --side-by-side, beside the fine-tuning stages 30-38
+  if stage_in 40; then
+    stage_begin 40 "Zipformer-CTC without test-time adaptation (the TTA path, 0 steps)"
+    tta none ""
+    stage_end
+  fi
+  if stage_in 41; then
+    stage_begin 41 "SUTA, episodic, AdamW on the norms (rate from a target_dev grid)"
+    tta suta "$tta_grid_suta" "$tta_steps"
+    stage_end
+  fi
+  if stage_in 42; then
+    stage_begin 42 "ZO-TTA, episodic, ZO-ASR q 8 on the norms (rate from a target_dev grid)"
+    tta zo_tta "$tta_grid_zo" "$tta_steps"
+    stage_end
+  fi
+  if stage_in 43; then
+    stage_begin 43 "continual SUTA, one step per utterance, reset on drift (rate from a target_dev grid)"
+    tta continual_suta "$tta_grid_continual" "$tta_steps"
+    stage_end
+  fi
+  if stage_in 44; then
+    stage_begin 44 "SUTA with a source guard: rate and steps from target_dev, source_dev within 5%"
+    tta suta_guarded "$tta_grid_guarded" "$tta_steps"
+    stage_end
+  fi
+  if stage_in 45; then  # the report weighs each TTA gain against this spread
+    stage_begin 45 "ZO-TTA again with another seed (its random directions): the seed-to-seed spread"
+    tta zo_tta "$tta_grid_zo" "$tta_steps --seed 2 --method zo-tta-zo-asr-seed2" zo_tta_seed2  # stage 42's name + -seed2
+    stage_end
+  fi
+}
+side_start tta_stages
+
 if stage_in 30; then
   stage_begin 30 "Zipformer-CTC zero-shot on the target domain"
   finetune "$ctc_source" zero_shot ft_ctc 0
   stage_end
 fi
 ft_stage=31
-for method in adamw mezo zoasr hizoo lozo; do  # stages 31-35
+for method in adamw mezo zoasr hizoo lozo; do  # stages 31-35, on the profile's parameter selections
   case $method in adamw) steps=$ft_steps_fo ;; zoasr) steps=$ft_steps_zo_q8 ;; *) steps=$ft_steps_zo ;; esac
+  selections=$( [ $method = adamw ] && echo "$ft_selections_fo" || echo "$ft_selections_zo")
   if stage_in $ft_stage; then
-    stage_begin $ft_stage "Zipformer-CTC fine-tuning: $method on all parameters, the norms, the front end"
-    for selection in all norms frontend; do finetune "$ctc_source" ${method}_$selection ft_ctc $steps; done
+    stage_begin $ft_stage "Zipformer-CTC fine-tuning: $method on: $selections"
+    for selection in $selections; do finetune "$ctc_source" ${method}_$selection ft_ctc $steps; done
     stage_end
   fi
   ft_stage=$((ft_stage + 1))
@@ -177,40 +230,13 @@ if stage_in 37; then
   finetune "$llm_source" llm_zoasr_lora ft_llm $ft_steps_zo_q8 "$llm_env"
   stage_end
 fi
+if stage_in 38; then  # the report weighs each fine-tuning gain against this spread
+  stage_begin 38 "MeZO on the front end again with another seed (its random directions): the seed-to-seed spread"
+  finetune "$ctc_source" mezo_frontend ft_ctc $ft_steps_zo "" "--seed 2 --method mezo-frontend-seed2" mezo_frontend_seed2
+  stage_end
+fi
 
-# ---- 40-49 test-time adaptation of the Zipformer-CTC (one utterance at a time) --------
-# One conf/tta/<method>.yaml per method; the rate is chosen on target_dev by the profile's
-# grid (exp_dir/grid.jsonl), then source_test and target_test are adapted with it.
-tta_data="$data_flags --test-sets $eval_sets --tune-set target_dev --results $results"
-tta() {  # tta CONF GRID [FLAGS]: one run of conf/tta/CONF.yaml
-  OMP_NUM_THREADS=1 python -m speechadapt.bin.tta --config conf/tta/$1.yaml $ctc_source $tta_data \
-    --exp-dir $exp_root/tta_ctc/$1 ${2:+--grid "$2"} ${3:-}
-}
-if stage_in 40; then
-  stage_begin 40 "Zipformer-CTC without test-time adaptation (the TTA path, 0 steps)"
-  tta none ""
-  stage_end
-fi
-if stage_in 41; then
-  stage_begin 41 "SUTA, episodic, AdamW on the norms (rate from a target_dev grid)"
-  tta suta "$tta_grid_suta" "$tta_steps"
-  stage_end
-fi
-if stage_in 42; then
-  stage_begin 42 "ZO-TTA, episodic, ZO-ASR q 8 on the norms (rate from a target_dev grid)"
-  tta zo_tta "$tta_grid_zo" "$tta_steps"
-  stage_end
-fi
-if stage_in 43; then
-  stage_begin 43 "continual SUTA, one step per utterance, reset on drift (rate from a target_dev grid)"
-  tta continual_suta "$tta_grid_continual" "$tta_steps"
-  stage_end
-fi
-if stage_in 44; then
-  stage_begin 44 "SUTA with a source guard: rate and steps from target_dev, source_dev within 5%"
-  tta suta_guarded "$tta_grid_guarded" "$tta_steps"
-  stage_end
-fi
+side_join tta_stages  # 40-45: started beside stage 30 (--side-by-side), or run here
 
 # ---- 50-59 fine-tuning without forgetting: stable FT, merging, metric-driven rate, augmentation ----
 # The source Zipformer-CTC on target_adapt, each run scored on source_test (what is

@@ -30,6 +30,8 @@ ft_max_duration=60
 ft_steps_fo=4
 ft_steps_zo=4
 ft_steps_zo_q8=2
+ft_selections_fo="all norms frontend"  # stage 31 (AdamW): all, norms, frontend
+ft_selections_zo="all norms frontend"  # stages 32-35 (zeroth-order)
 # the fast profile's 100-piece BPE lacks some letters of the target text
 aug_steps=4  # stage 54: augmented and plain FT, the same updates each
 ft_max_bad_transcripts=0.2
@@ -39,3 +41,5 @@ tta_grid_zo="base_lr=1"
 tta_grid_guarded="base_lr=3e-2"
 tta_grid_continual="base_lr=1e-2"
 tta_steps="--steps 2 --decode-at 1"
+# stage 23 beside 10-22, the TTA stages 40-44 beside the fine-tuning stages 30-37, one core each
+side_by_side=true

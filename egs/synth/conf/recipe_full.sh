@@ -1,7 +1,7 @@
-# synth recipe, full profile (the default): sizes and budgets for 2 CPU cores.
+# synth recipe, full profile: the longer, stronger run (hours on 2 CPU cores; default: conf/recipe_default.sh).
 data_dir=data
 exp_root=exp/full
-results_md=RESULTS.md
+results_md=RESULTS-full.md
 vocab_size=500
 num_workers=1
 num_buckets=30
@@ -32,6 +32,8 @@ ft_max_duration=30
 ft_steps_fo=200
 ft_steps_zo=800
 ft_steps_zo_q8=100
+ft_selections_fo="all norms frontend"  # stage 31 (AdamW): all, norms, frontend
+ft_selections_zo="all norms frontend"  # stages 32-35 (zeroth-order)
 aug_steps=600  # stage 54: augmented and plain FT, the same updates each
 ft_max_bad_transcripts=0.01
 # test-time adaptation (stages 40-43): grids evaluated on target_dev, the best kept for the tests
@@ -40,3 +42,5 @@ tta_grid_zo="base_lr=1e-1,3e-1"
 tta_grid_guarded="base_lr=3e-2,1e-1;em_coef=0.3,1"
 tta_grid_continual="base_lr=3e-3,1e-2,3e-2"
 tta_steps=""  # the confs' steps (10; continual 1)
+# stage 23 beside 10-22, the TTA stages 40-44 beside the fine-tuning stages 30-37, one core each
+side_by_side=true

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 BASELINES = {"finetune": "zero-shot", "tta": "no-tta", "forgetting": "pre-trained"}
 STORY_SETS = ("source_test", "target_test", "untuned_test")
 REFERENCE = "target_test"  # the set a gain is measured on (tuning used target_dev)
+SEED_SUFFIX = "-seed2"  # a rerun of a method with another seed: the seed-to-seed spread, not a row
 
 
 def _extra(cells: Dict[str, dict], test_set: str = REFERENCE) -> dict:
@@ -54,7 +55,8 @@ def story_rows(tables: Dict[str, Dict[Tuple[str, str], Dict[str, dict]]],
             wers = {s: cells[s]["wer"] for s in STORY_SETS if s in cells}
             if method == baseline:
                 zero.setdefault(source, dict(method="zero-shot", family="-", source=source, wers=wers, cost={},
-                                             probe=probes.get(baseline)))
+                                             probe=None, spread=None))
+                zero[source]["probe"] = zero[source]["probe"] or probes.get(baseline)  # stage 55: "pre-trained"
                 continue
             row = dict(method=method, family=family, source=source, wers=wers, cost=_cost(family, extra),
                        probe=probes.get(method), merges=[Path(n).parent.name for n in extra.get("finetuned") or []])
@@ -63,7 +65,18 @@ def story_rows(tables: Dict[str, Dict[Tuple[str, str], Dict[str, dict]]],
             elif family == "forgetting":
                 cost_of_run[Path(model).name] = row["cost"]
             rows.append(row)
+    spread_of: Dict[str, dict] = {}
+    for row in [r for r in rows if r["method"].endswith(SEED_SUFFIX)]:
+        rows.remove(row)
+        first = next((r for r in rows if r["method"] == row["method"][:-len(SEED_SUFFIX)]
+                      and r["family"] == row["family"]), None)
+        if first and REFERENCE in first["wers"] and REFERENCE in row["wers"]:
+            spread_of[row["family"]] = dict(method=first["method"], a=first["wers"][REFERENCE],
+                                            b=row["wers"][REFERENCE],
+                                            points=abs(first["wers"][REFERENCE] - row["wers"][REFERENCE]))
+    spread_of.setdefault("forgetting", spread_of.get("finetune"))  # the same kind of run: FT on target_adapt
     for row in rows:
+        row["spread"] = spread_of.get(row["family"])
         if row["merges"]:
             row["cost"] = dict(next((cost_of_run[m] for m in row["merges"] if m in cost_of_run), {}), note="merge")
     ordered: List[dict] = []
@@ -78,6 +91,15 @@ def _relative(row: dict, base: Optional[dict], test_set: str) -> str:
     return f"{100 * (row['wers'][test_set] - base['wers'][test_set]) / base['wers'][test_set]:+.1f}%"
 
 
+def _beyond_spread(row: dict, base: Optional[dict]) -> str:
+    """yes: the target gain exceeds its family's seed-to-seed spread; worse: so does the loss."""
+    spread = row.get("spread")
+    if not spread or not base or REFERENCE not in row["wers"] or REFERENCE not in base["wers"]:
+        return ""
+    gain = base["wers"][REFERENCE] - row["wers"][REFERENCE]
+    return "yes" if gain > spread["points"] else "worse" if -gain > spread["points"] else "no"
+
+
 def _num(value, fmt: str = "{:,}") -> str:
     return "" if value in (None, "") else fmt.format(value)
 
@@ -88,7 +110,7 @@ def story_table(rows: List[dict]) -> List[str]:
     sets = [s for s in STORY_SETS if any(s in r["wers"] for r in rows)]
     changes = [s for s in sets if s != "source_test"] + ["source_test"]
     head = ["method", "family", "source model", *sets, *[f"{s} vs zero-shot" for s in changes],
-            "tuned params", "forwards", "backwards", "seconds", "peak MB", "speaker probe acc"]
+            "target gain > seed spread", "tuned params", "forwards", "backwards", "seconds", "peak MB", "speaker probe acc"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base_of = {r["source"]: r for r in rows if r["method"] == "zero-shot"}
     for r in rows:
@@ -97,10 +119,14 @@ def story_table(rows: List[dict]) -> List[str]:
         cells = [r["method"], r["family"], source_label(r["source"]),
                  *[f"{r['wers'][s]:.2f}" if s in r["wers"] else "" for s in sets],
                  *[_relative(r, base_of.get(r["source"]), s) if r["method"] != "zero-shot" else "" for s in changes],
-                 _num(c.get("params")), _num(c.get("forwards")), _num(c.get("backwards")), seconds,
+                 _beyond_spread(r, base_of.get(r["source"])), _num(c.get("params")), _num(c.get("forwards")), _num(c.get("backwards")), seconds,
                  _num(c.get("peak_mb"), "{:g}"), f"{probe['extra']['accuracy']:.1f}" if probe else ""]
         out.append("| " + " | ".join(cells) + " |")
-    notes = ["", "WER in percent; each change is relative to the zero-shot row of the same source model. "
+    spreads = {r["spread"]["method"]: r["spread"] for r in rows if r.get("spread")}
+    notes = [f"Seed-to-seed spread on {REFERENCE}: {name} {sp['a']:.2f} and {sp['b']:.2f} with another seed, "
+             f"{sp['points']:.2f} points apart (the bar for its family; fine-tuning's for the forgetting rows)."
+             for name, sp in spreads.items()]
+    notes = ["", *notes, "", "WER in percent; each change is relative to the zero-shot row of the same source model. "
              "Costs: a fine-tuning run's training on target_adapt; a TTA run's adaptation of target_test "
              "(per utterance, summed over the set). * a merge: the cost of the fine-tuning run it merges "
              "(merging adds the alpha sweep's dev decodes). `untuned_test` is never used to choose anything.", ""]

@@ -8,6 +8,7 @@ from kaldialign.
 
 import json
 import logging
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -178,11 +179,18 @@ class ResultRecord:
 
 
 def append_result(path, record: ResultRecord) -> None:
-    """Append one JSON line (append-only: concurrent stages never rewrite the file)."""
+    """Append one JSON line (append-only: concurrent stages never rewrite the file). One
+    write(2) on an O_APPEND descriptor, so lines of stages running side by side never mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(asdict(record), sort_keys=True) + "\n")
+    line = (json.dumps(asdict(record), sort_keys=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, line)
+    finally:
+        os.close(fd)
+    if written != len(line):
+        raise OSError(f"{path}: wrote {written} of {len(line)} bytes of a result line")
 
 
 def read_results(path) -> List[dict]:

@@ -1,0 +1,48 @@
+# synth recipe, default profile: every stage in about 30 minutes on 2 CPU cores
+# (full profile: the longer, stronger run; fast: CI).
+data_dir=data/default
+exp_root=exp/default
+results_md=RESULTS.md
+vocab_size=500
+num_workers=1
+num_buckets=30
+average_period=50
+ctc_preset=tiny
+ctc_epochs=6
+ctc_avg=2
+ctc_max_duration=60  # 60 s batches: ~140 updates an epoch over ~2.3 h of source audio
+# second encoder for MoSE: another preset (every stack two layers deep), another seed
+ctc2_preset=tiny-deep
+ctc2_epochs=4
+# LLM-ASR / MoSE
+lm_epochs=8
+lm_min_copy_accuracy=0.9  # held-out copy accuracy the tiny LM must reach (bin/pretrain_text_lm.py)
+llm_compress=ctc-tokens  # each encoder's output shortened by its CTC head, its posteriors read through the pieces' token embeddings (models/ctc_compress.py)
+llm_stack_k=1     # one vector per CTC run already
+lora_r=64
+lora_alpha=16
+llm_epochs=4
+llm_avg=2
+llm_max_duration=60
+llm_lr=5e-4
+mose_slot_dropouts="0.3"  # one MoSE each, chosen on the dev sets (stage 25)
+plot_dir=plots-default
+# fine-tuning on target_adapt (stages 30-37): 30 s batches; budgets per optimiser family
+ft_max_duration=30
+ft_steps_fo=100
+ft_steps_zo=300
+ft_steps_zo_q8=40
+# one selection each: AdamW on all parameters, zeroth-order on the front end (the best ZO
+# selection of the full profile: MeZO front end -26.6% target against 6-12% on all parameters)
+ft_selections_fo="all"  # stage 31 (AdamW): all, norms, frontend
+ft_selections_zo="frontend"  # stages 32-35 (zeroth-order)
+aug_steps=200  # stage 54: augmented and plain FT, the same updates each
+ft_max_bad_transcripts=0.01
+# test-time adaptation (stages 40-43): grids evaluated on target_dev, the best kept for the tests
+tta_grid_suta="base_lr=3e-2,1e-1"
+tta_grid_zo="base_lr=3e-1"
+tta_grid_guarded="base_lr=1e-1;em_coef=0.3,1"
+tta_grid_continual="base_lr=1e-2"
+tta_steps=""  # the confs' steps (10; continual 1)
+# stage 23 beside 10-22, the TTA stages 40-44 beside the fine-tuning stages 30-37, one core each
+side_by_side=true
