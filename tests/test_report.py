@@ -136,19 +136,22 @@ def test_one_table_puts_every_method_against_one_zero_shot_row_and_plots_gain_ag
             append_result(res, R(method, test_set, wer, model=model, extra=dict(family=family, **extra)))
     append_result(res, R("plain-ft", "all", None, extra=dict(family="probe", accuracy=71.5)))
     append_result(res, R("pre-trained", "all", None, extra=dict(family="probe", accuracy=73.0)))
-    text = report.render(tmp_path, res, tmp_path / "none.tsv", tmp_path / "R.md", tmp_path / "plots", "t")
+    assert "on one footing" not in report.render(tmp_path, res, tmp_path / "none.tsv", tmp_path / "R.md",
+                                                 tmp_path / "plots", "t")  # only when told which set is gained on
+    text = report.render(tmp_path, res, tmp_path / "none.tsv", tmp_path / "R.md", tmp_path / "plots", "t",
+                         gain_set="target_test")
     story = text.split("## Every method on one footing")[1].split("\n## ")[0]
     assert text.index("## Every method on one footing") < text.index("## finetune")
     lines = [line for line in story.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| method | family | source model | source_test | target_test | untuned_test | "
-                               "target_test vs zero-shot | untuned_test vs zero-shot | source_test vs zero-shot | "
-                               "target gain > seed spread |")
+                               "target_test vs zero-shot | source_test vs zero-shot | untuned_test vs zero-shot | "
+                               "target_test gain > seed spread |")
     assert not any("seed2" in line for line in lines)  # a second seed is the spread, not a row
     assert story.count("mezo-all 15.00 and 14.00 with another seed, 1.00 points apart") == 1
     assert sum(line.startswith("| zero-shot |") for line in lines) == 1  # no-tta and pre-trained fold into it
     assert next(line for line in lines if line.startswith("| zero-shot |")).endswith("| 73.0 |")
-    assert "| mezo-all | finetune | ctc | 2.20 | 15.00 | 38.00 | -25.0% | -5.0% | +10.0% | yes | 1,000 | 400 | 0 | 50 |" in story
-    assert "| suta | tta | ctc |  | 18.00 | 44.00 | -10.0% | +10.0% |  | no | 50 | 9 | 9 | 3.5 | 300 |  |" in story
-    assert "| plain-ft | forgetting | ctc | 3.00 | 10.00 |  | -50.0% |  | +50.0% | yes | 1,000 | 400 | 200 | 50 | 700 | 71.5 |" in story
-    assert "| plain-ft+merge (alpha 0.5) | forgetting | ctc | 2.10 | 12.00 |  | -40.0% |  | +5.0% | yes | 1,000 | 400 | 200 | 50 * |" in story
+    assert "| mezo-all | finetune | ctc | 2.20 | 15.00 | 38.00 | -25.0% | +10.0% | -5.0% | yes | 1,000 | 400 | 0 | 50 |" in story
+    assert "| suta | tta | ctc |  | 18.00 | 44.00 | -10.0% |  | +10.0% | no | 50 | 9 | 9 | 3.5 | 300 |  |" in story
+    assert "| plain-ft | forgetting | ctc | 3.00 | 10.00 |  | -50.0% | +50.0% |  | yes | 1,000 | 400 | 200 | 50 | 700 | 71.5 |" in story
+    assert "| plain-ft+merge (alpha 0.5) | forgetting | ctc | 2.10 | 12.00 |  | -40.0% | +5.0% |  | yes | 1,000 | 400 | 200 | 50 * |" in story
     assert (tmp_path / "plots" / "story-gain-vs-cost.png").stat().st_size > 5000

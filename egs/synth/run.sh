@@ -305,7 +305,7 @@ fi
 if stage_in 90; then
   stage_begin 90 "RESULTS and plots from results.jsonl"
   python -m speechadapt.bin.report --exp-dir $exp_root --out $results_md --plot-dir $plot_dir \
-    --title "synth recipe ($profile profile)"
+    --title "synth recipe ($profile profile)" --gain-set target_test
   stage_end
   cat $results_md
 fi

@@ -2,8 +2,9 @@
 
     python -m speechadapt.bin.report --exp-dir egs/synth/exp --out egs/synth/RESULTS.md
 
-First the comparison of every adaptation method against one zero-shot row per source model,
-with a plot of target gain against cost (``decoding/overview.py``). Then tables: one per stage family (a record's ``extra["family"]``, else the part of its
+With ``--gain-set`` (the adapted-to domain's test set), first the comparison of every
+adaptation method against one zero-shot row per source model, with a plot of that set's
+gain against cost (``decoding/overview.py``). Then tables: one per stage family (a record's ``extra["family"]``, else the part of its
 method before the first "/"), rows = (method, model), columns = test sets, the latest
 record of each cell; fine-tuning and test-time adaptation records (families
 ``finetune``, ``tta``) get one table per source model with their cost (tuned
@@ -324,7 +325,8 @@ def plot_training_curves(exp_dir: Path, plot_dir: Path) -> List[Path]:
     return paths
 
 
-def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir: Path, title: str) -> str:
+def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir: Path, title: str,
+           gain_set: str = "") -> str:
     records = read_results(results)
     side = [r for r in records if family_of(r) in SIDE_FAMILIES]
     tables = latest_cells([r for r in records if family_of(r) not in SIDE_FAMILIES])
@@ -332,8 +334,8 @@ def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir:
     picked = {m: float(c["extra"]["alpha"]) for (m, _), cells in tables.get("forgetting", {}).items()
               for c in list(cells.values())[:1] if "alpha" in (c.get("extra") or {})}
     plot_dir.mkdir(parents=True, exist_ok=True)
-    story = story_rows(tables, probes)
-    story_plot = plot_gain_vs_cost(story, plot_dir)
+    story = story_rows(tables, probes, gain_set) if gain_set else []
+    story_plot = plot_gain_vs_cost(story, plot_dir, gain_set) if story else None
     plots = [story_plot] if story_plot else []
     plots += plot_family_wers(tables, plot_dir) if tables else []
     plots += plot_merge_sweeps(sweeps, picked, plot_dir) if sweeps else []
@@ -350,7 +352,7 @@ def render(exp_dir: Path, results: Path, stage_times: Path, out: Path, plot_dir:
         "",
     ]
     if story:
-        lines += ["## Every method on one footing", "", *story_table(story)]
+        lines += ["## Every method on one footing", "", *story_table(story, gain_set)]
     for family, rows in tables.items():
         if family == "forgetting":
             body = forgetting_table(rows, probes) + sweep_section(sweeps, picked)
@@ -380,6 +382,8 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True, help="RESULTS.md to write")
     p.add_argument("--plot-dir", type=Path, default=None, help="default: OUT's folder/plots")
     p.add_argument("--title", default="Results")
+    p.add_argument("--gain-set", default="", help="the test set of the domain adapted to: with it, RESULTS.md "
+                   "opens with every method on one footing and a plot of its gain against cost")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     results = args.results or args.exp_dir / "results.jsonl"
@@ -387,7 +391,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"report: no results file {results}; run the decoding stages first")
     render(
         args.exp_dir, results, args.stage_times or args.exp_dir / "stage_times.tsv", args.out,
-        args.plot_dir or args.out.parent / "plots", args.title,
+        args.plot_dir or args.out.parent / "plots", args.title, args.gain_set,
     )
     logging.info(f"wrote {args.out}")
 

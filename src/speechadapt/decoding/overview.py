@@ -15,13 +15,11 @@ from typing import Dict, List, Optional, Tuple
 
 # family -> its zero-shot row: the same source model, not adapted
 BASELINES = {"finetune": "zero-shot", "tta": "no-tta", "forgetting": "pre-trained"}
-STORY_SETS = ("source_test", "target_test", "untuned_test")
-REFERENCE = "target_test"  # the set a gain is measured on (tuning used target_dev)
 SEED_SUFFIX = "-seed2"  # a rerun of a method with another seed: the seed-to-seed spread, not a row
 
 
-def _extra(cells: Dict[str, dict], test_set: str = REFERENCE) -> dict:
-    rec = cells.get(test_set) or next(iter(cells.values()))
+def _extra(cells: Dict[str, dict], test_set: str) -> dict:
+    rec = cells.get(test_set) or next(iter(cells.values()))  # a TTA run's cost is that of adapting this set
     return rec.get("extra") or {}
 
 
@@ -39,20 +37,21 @@ def _cost(family: str, extra: dict) -> dict:
 
 
 def story_rows(tables: Dict[str, Dict[Tuple[str, str], Dict[str, dict]]],
-               probes: Dict[str, dict]) -> List[dict]:
-    """One row per method and source model; a zero-shot row first for each source model."""
+               probes: Dict[str, dict], gain_set: str) -> List[dict]:
+    """One row per method and source model, a zero-shot row first for each source model;
+    ``gain_set`` (the adapted-to domain's test set) is what the seed spread is measured on."""
     zero: Dict[str, dict] = {}
     rows: List[dict] = []
     cost_of_run: Dict[str, dict] = {}  # a forgetting run's folder name -> its cost (what a merge of it reuses)
     forgetting_source = ""
     for family, baseline in BASELINES.items():
         for (method, model), cells in tables.get(family, {}).items():
-            extra = _extra(cells)
+            extra = _extra(cells, gain_set)
             source = str(extra.get("source") or "")
             if family == "forgetting":
                 forgetting_source = forgetting_source or source
                 source = source or forgetting_source  # a merge record names its base weights instead
-            wers = {s: cells[s]["wer"] for s in STORY_SETS if s in cells}
+            wers = {s: rec["wer"] for s, rec in cells.items() if rec.get("wer") is not None}
             if method == baseline:
                 zero.setdefault(source, dict(method="zero-shot", family="-", source=source, wers=wers, cost={},
                                              probe=None, spread=None))
@@ -70,10 +69,9 @@ def story_rows(tables: Dict[str, Dict[Tuple[str, str], Dict[str, dict]]],
         rows.remove(row)
         first = next((r for r in rows if r["method"] == row["method"][:-len(SEED_SUFFIX)]
                       and r["family"] == row["family"]), None)
-        if first and REFERENCE in first["wers"] and REFERENCE in row["wers"]:
-            spread_of[row["family"]] = dict(method=first["method"], a=first["wers"][REFERENCE],
-                                            b=row["wers"][REFERENCE],
-                                            points=abs(first["wers"][REFERENCE] - row["wers"][REFERENCE]))
+        if first and gain_set in first["wers"] and gain_set in row["wers"]:
+            a, b = first["wers"][gain_set], row["wers"][gain_set]
+            spread_of[row["family"]] = dict(method=first["method"], a=a, b=b, points=abs(a - b), set=gain_set)
     spread_of.setdefault("forgetting", spread_of.get("finetune"))  # the same kind of run: FT on target_adapt
     for row in rows:
         row["spread"] = spread_of.get(row["family"])
@@ -94,9 +92,10 @@ def _relative(row: dict, base: Optional[dict], test_set: str) -> str:
 def _beyond_spread(row: dict, base: Optional[dict]) -> str:
     """yes: the target gain exceeds its family's seed-to-seed spread; worse: so does the loss."""
     spread = row.get("spread")
-    if not spread or not base or REFERENCE not in row["wers"] or REFERENCE not in base["wers"]:
+    gain_set = (spread or {}).get("set")
+    if not spread or not base or gain_set not in row["wers"] or gain_set not in base["wers"]:
         return ""
-    gain = base["wers"][REFERENCE] - row["wers"][REFERENCE]
+    gain = base["wers"][gain_set] - row["wers"][gain_set]
     return "yes" if gain > spread["points"] else "worse" if -gain > spread["points"] else "no"
 
 
@@ -104,13 +103,15 @@ def _num(value, fmt: str = "{:,}") -> str:
     return "" if value in (None, "") else fmt.format(value)
 
 
-def story_table(rows: List[dict]) -> List[str]:
+def story_table(rows: List[dict], gain_set: str) -> List[str]:
     if not rows:
         return []
-    sets = [s for s in STORY_SETS if any(s in r["wers"] for r in rows)]
-    changes = [s for s in sets if s != "source_test"] + ["source_test"]
+    sets: List[str] = []
+    for r in rows:
+        sets += [s for s in r["wers"] if s not in sets]
+    changes = [s for s in sets if s == gain_set] + [s for s in sets if s != gain_set]
     head = ["method", "family", "source model", *sets, *[f"{s} vs zero-shot" for s in changes],
-            "target gain > seed spread", "tuned params", "forwards", "backwards", "seconds", "peak MB", "speaker probe acc"]
+            f"{gain_set} gain > seed spread", "tuned params", "forwards", "backwards", "seconds", "peak MB", "speaker probe acc"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base_of = {r["source"]: r for r in rows if r["method"] == "zero-shot"}
     for r in rows:
@@ -123,26 +124,26 @@ def story_table(rows: List[dict]) -> List[str]:
                  _num(c.get("peak_mb"), "{:g}"), f"{probe['extra']['accuracy']:.1f}" if probe else ""]
         out.append("| " + " | ".join(cells) + " |")
     spreads = {r["spread"]["method"]: r["spread"] for r in rows if r.get("spread")}
-    notes = [f"Seed-to-seed spread on {REFERENCE}: {name} {sp['a']:.2f} and {sp['b']:.2f} with another seed, "
+    notes = [f"Seed-to-seed spread on {sp['set']}: {name} {sp['a']:.2f} and {sp['b']:.2f} with another seed, "
              f"{sp['points']:.2f} points apart (the bar for its family; fine-tuning's for the forgetting rows)."
              for name, sp in spreads.items()]
     notes = ["", *notes, "", "WER in percent; each change is relative to the zero-shot row of the same source model. "
              "Costs: a fine-tuning run's training on target_adapt; a TTA run's adaptation of target_test "
-             "(per utterance, summed over the set). * a merge: the cost of the fine-tuning run it merges "
-             "(merging adds the alpha sweep's dev decodes). `untuned_test` is never used to choose anything.", ""]
+             f"(per utterance, summed over the set). * a merge: the cost of the fine-tuning run it merges "
+             f"(merging adds the alpha sweep's dev decodes).", ""]
     return out + notes
 
 
-def plot_gain_vs_cost(rows: List[dict], plot_dir: Path) -> Optional[Path]:
-    """Target-WER gain over zero-shot (points) against forward + backward passes, per method."""
+def plot_gain_vs_cost(rows: List[dict], plot_dir: Path, gain_set: str) -> Optional[Path]:
+    """``gain_set`` WER gain over zero-shot (points) against forward + backward passes, per method."""
     base_of = {r["source"]: r for r in rows if r["method"] == "zero-shot"}
     points = []
     for r in rows:
         base = base_of.get(r["source"])
         passes = (r["cost"].get("forwards") or 0) + (r["cost"].get("backwards") or 0)
-        if r["method"] == "zero-shot" or not base or REFERENCE not in r["wers"] or REFERENCE not in base["wers"]:
+        if r["method"] == "zero-shot" or not base or gain_set not in r["wers"] or gain_set not in base["wers"]:
             continue
-        points.append((r, passes, base["wers"][REFERENCE] - r["wers"][REFERENCE]))
+        points.append((r, passes, base["wers"][gain_set] - r["wers"][gain_set]))
     if not points:
         return None
     import matplotlib
@@ -161,9 +162,9 @@ def plot_gain_vs_cost(rows: List[dict], plot_dir: Path) -> Optional[Path]:
                         xytext=(3, 2), textcoords="offset points")
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xscale("symlog")
-    ax.set_xlabel("forward + backward passes (training, or adapting target_test)")
-    ax.set_ylabel("target_test WER gain over zero-shot (points)")
-    ax.set_title("what each method gains on the target, against what it costs")
+    ax.set_xlabel(f"forward + backward passes (training, or adapting {gain_set})")
+    ax.set_ylabel(f"{gain_set} WER gain over zero-shot (points)")
+    ax.set_title("what each method gains, against what it costs")
     ax.legend(fontsize=7)
     fig.tight_layout()
     path = plot_dir / "story-gain-vs-cost.png"
