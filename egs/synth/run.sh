@@ -13,7 +13,7 @@ profile=default     # default (about 30 min on 2 cores), full (hours, stronger) 
 world_size=1
 launcher=local      # local, or slurm: distributed stages via tools/slurm_launch.sh (docs/scale.md)
 start_epoch=auto    # training stages resume from their newest checkpoint; 1 = fresh (refuses an old run)
-side_by_side=      # true: stage 23 beside 10-22, stages 40-45 beside 30-38, one core each (default: the profile's)
+side_by_side=      # true: stage 23 beside 10-22, stages 40-45 beside 30-55, one core each (default: the profile's)
 mose_slot_dropouts= # stages 24-25: these slot dropouts ("0.0 0.3") instead of the profile's grid
 usage="Usage: $0 [--stage N] [--stop-stage M] [--profile default|full|fast] [--world-size N] [--launcher local|slurm] [--start-epoch auto|N] [--mose-slot-dropouts 'P ...'] [--side-by-side true|false]"
 . ../../tools/parse_options.sh
@@ -169,7 +169,7 @@ tta() {  # tta CONF GRID [FLAGS] [RUN]: one run of conf/tta/CONF.yaml
   OMP_NUM_THREADS=1 python -m speechadapt.bin.tta --config conf/tta/$1.yaml $ctc_source $tta_data \
     --exp-dir $exp_root/tta_ctc/${4:-$1} ${2:+--grid "$2"} ${3:-}
 }
-tta_stages() {  # 40-45; with --side-by-side, beside the fine-tuning stages 30-38
+tta_stages() {  # 40-45; with --side-by-side, beside the fine-tuning stages 30-38 and 50-55
   if stage_in 40; then
     stage_begin 40 "Zipformer-CTC without test-time adaptation (the TTA path, 0 steps)"
     tta none ""
@@ -236,7 +236,6 @@ if stage_in 38; then  # the report weighs each fine-tuning gain against this spr
   stage_end
 fi
 
-side_join tta_stages  # 40-45: started beside stage 30 (--side-by-side), or run here
 
 # ---- 50-59 fine-tuning without forgetting: stable FT, merging, metric-driven rate, augmentation ----
 # The source Zipformer-CTC on target_adapt, each run scored on source_test (what is
@@ -300,6 +299,8 @@ if stage_in 55; then
   done <<< "$probe_runs"
   stage_end
 fi
+
+side_join tta_stages  # 40-45: started beside stage 30 (--side-by-side, beside 30-55 then), or run here
 
 # ---- 90-99 report ------------------------------------------------------------------
 if stage_in 90; then
