@@ -196,8 +196,8 @@ tta_stages() {  # 40-45; with --side-by-side, beside the fine-tuning stages 30-3
     stage_end
   fi
   if stage_in 45; then  # the report weighs each TTA gain against this spread
-    stage_begin 45 "ZO-TTA again with another seed (its random directions): the seed-to-seed spread"
-    tta zo_tta "$tta_grid_zo" "$tta_steps --seed 2 --method zo-tta-zo-asr-seed2" zo_tta_seed2  # stage 42's name + -seed2
+    stage_begin 45 "ZO-TTA again with another seed (--zo-seed: its random directions): the seed-to-seed spread"
+    tta zo_tta "$tta_grid_zo" "$tta_steps --seed 2 --zo-seed 2 --method zo-tta-zo-asr-seed2" zo_tta_seed2  # stage 42's name + -seed2
     stage_end
   fi
 }
@@ -231,8 +231,8 @@ if stage_in 37; then
   stage_end
 fi
 if stage_in 38; then  # the report weighs each fine-tuning gain against this spread
-  stage_begin 38 "MeZO on the front end again with another seed (its random directions): the seed-to-seed spread"
-  finetune "$ctc_source" mezo_frontend ft_ctc $ft_steps_zo "" "--seed 2 --method mezo-frontend-seed2" mezo_frontend_seed2
+  stage_begin 38 "MeZO on the front end again with another seed (--zo-seed: its random directions): the seed-to-seed spread"
+  finetune "$ctc_source" mezo_frontend ft_ctc $ft_steps_zo "" "--seed 2 --zo-seed 2 --method mezo-frontend-seed2" mezo_frontend_seed2
   stage_end
 fi
 
