@@ -48,3 +48,13 @@ def train_mini_ctc(root):
                 "--train-split", "train", "--num-epochs", "1", "--regularize", "false", "--enable-spec-aug", "false",
                 "--save-every-n", "0", "--average-period", "0", "--tensorboard", "false", *data_flags(root)])
     return root
+
+
+def wav_digests(audio_dir) -> dict:
+    """relative path -> md5 of every .wav under ``audio_dir`` (the corpus tests' byte-identity check)."""
+    import hashlib
+    from pathlib import Path
+
+    audio_dir = Path(audio_dir)
+    return {str(p.relative_to(audio_dir)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(audio_dir.rglob("*.wav"))}

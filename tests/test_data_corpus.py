@@ -1,6 +1,5 @@
 """Synthetic corpus: determinism, held-out voices and sentences, manifests, fbank, BPE."""
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import soundfile as sf
 from lhotse import CutSet, load_manifest, validate
 from lhotse.utils import compute_num_frames, fastcopy
 
+from mini_corpus import wav_digests
 from speechadapt.data import grammar
 from speechadapt.data.bpe import VocabSizeError, prepare_lang_bpe
 from speechadapt.data.espeak import UnknownVoiceError
@@ -27,9 +27,6 @@ TINY = dict(num_source_train=12, num_source_dev=3, num_source_test=3, num_target
             target_voices=["en-gb-scotland", "en-029+m5"], seed=7)
 
 
-def _digest(audio_dir: Path) -> dict:
-    return {str(p.relative_to(audio_dir)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(audio_dir.rglob("*.wav"))}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +99,7 @@ def test_mix_at_snr_hits_the_requested_snr():
 
 def test_corpus_is_deterministic_for_a_seed(corpus):
     root, rows_a, rows_b = corpus
-    digest_a, digest_b = _digest(root / "a"), _digest(root / "b")
+    digest_a, digest_b = wav_digests(root / "a"), wav_digests(root / "b")
     assert len(digest_a) > 30
     assert digest_a == digest_b  # same bytes, whatever the number of jobs
     for split in TARGET_SPLITS:  # target noise identical across the two runs

@@ -2,7 +2,6 @@
 held-out set's disjointness, the target domain left as it was, the missing-package
 message."""
 
-import hashlib
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from mini_corpus import wav_digests
 from speechadapt.data import piper as piper_mod
 from speechadapt.data import synth
 from speechadapt.data.piper import PiperUnavailableError, is_piper_voice
@@ -24,9 +24,6 @@ TINY = dict(num_source_train=6, num_source_dev=2, num_source_test=4, num_target_
             source_voices=["en-us", "en+m3"], target_voices=["en-gb-scotland"], seed=5)
 
 
-def _digest(audio_dir: Path) -> dict:
-    return {str(p.relative_to(audio_dir)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(audio_dir.rglob("*.wav"))}
 
 
 PROSODY_CHECK = """
@@ -153,7 +150,7 @@ def test_piper_corpus_is_deterministic_and_lists_its_views(tmp_path, monkeypatch
     cfg = CorpusConfig(**{**TINY, "piper_fraction": 0.5, "num_piper_heldout": 2})
     rows_a = prepare_corpus(cfg, tmp_path / "a", num_jobs=2)
     prepare_corpus(cfg, tmp_path / "b", num_jobs=1)
-    digest_a, digest_b = _digest(tmp_path / "a"), _digest(tmp_path / "b")
+    digest_a, digest_b = wav_digests(tmp_path / "a"), wav_digests(tmp_path / "b")
     assert digest_a == digest_b and any("piper_heldout" in k for k in digest_a)
     assert "onnxruntime" not in sys.modules  # only the spawned workers load it (see piper_process_pool)
     test_rows = rows_a["source_test"]

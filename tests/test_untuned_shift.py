@@ -1,13 +1,13 @@
 """The untuned shift (``untuned_test``): a fourth accent in machine hum that no other split
 or augmentation has, target_test's sentences, added without moving any other split's audio."""
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from mini_corpus import wav_digests
 from speechadapt.data.noise import hum_noise, make_noise
 from speechadapt.data.synth import UNTUNED_TEST, CorpusConfig, plan_corpus, prepare_corpus, report_splits
 
@@ -16,9 +16,6 @@ TINY = dict(num_source_train=8, num_source_dev=2, num_source_test=2, num_target_
             source_voices=["en-us", "en+m3"], target_voices=["en-gb-scotland+m7"], seed=11)
 
 
-def _digest(audio_dir: Path) -> dict:
-    return {str(p.relative_to(audio_dir)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(audio_dir.rglob("*.wav"))}
 
 
 def test_hum_is_tonal_at_unit_rms_and_repeats_for_a_seed():
@@ -34,7 +31,7 @@ def test_the_untuned_set_adds_its_rows_and_moves_no_other_split(tmp_path):
     without = prepare_corpus(CorpusConfig(**TINY), tmp_path / "a", num_jobs=1)
     cfg = CorpusConfig(**{**TINY, "num_untuned_test": 3})
     rows = prepare_corpus(cfg, tmp_path / "b", num_jobs=2)
-    before, after = _digest(tmp_path / "a"), _digest(tmp_path / "b")
+    before, after = wav_digests(tmp_path / "a"), wav_digests(tmp_path / "b")
     added = {k for k in after if k not in before}
     assert added and all(UNTUNED_TEST in k for k in added)  # its clean and noisy files only
     assert all(after[k] == before[k] for k in before)  # every other split byte-identical
