@@ -7,7 +7,6 @@ perturbed copies get lhotse's ``_sp0.9``/``_sp1.1`` id suffixes.
 """
 
 import logging
-import multiprocessing as mp
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Sequence
 
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter
 from lhotse.utils import compute_num_frames
+
+from speechadapt.utils.workers import process_context
 
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ def compute_fbank(cuts: CutSet, storage_path, num_jobs: int = 1,
         return cuts.compute_and_store_features(**common).to_eager()
     # lhotse's own pool spawns workers that each start several torch threads; on a
     # shared 2-core machine that ran 7000 cuts in 832 s against 35 s in-process.
-    # Forked single-threaded workers avoid both the start-up and the oversubscription.
-    with ProcessPoolExecutor(num_jobs, mp_context=mp.get_context("fork"),
+    # Single-threaded workers from a fork server (utils.workers) avoid both, and are never
+    # forked from this process, whose torch or caller threads could leave a lock held.
+    with ProcessPoolExecutor(num_jobs, mp_context=process_context("forkserver", ["lhotse", "torch"]),
                              initializer=_single_threaded) as pool:
         return cuts.compute_and_store_features(executor=pool, **common).to_eager()
 

@@ -10,12 +10,11 @@ is divided by the factor so the speaking rate stays that of the drawn length sca
 Determinism: Piper's noise comes from random operators in the ONNX graph, seeded from
 the clock in each process unless ``onnxruntime.set_seed`` says otherwise, and drawing on
 along the calls of a session. A chunk of utterances is therefore synthesised in a fresh
-(spawned) process, by a voice loaded for it on one thread after seeding onnxruntime with
+process (``utils.workers``: forked from a fork server that never loads onnxruntime), by a voice loaded for it on one thread after seeding onnxruntime with
 the chunk's seed: same plan, same bytes.
 """
 
 import json
-import multiprocessing as mp
 import os
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -66,7 +65,7 @@ def check_piper_available(model_path: Optional[str] = None) -> Path:
     """Raise PiperUnavailableError (one clear message) unless the voice can be loaded.
 
     Looks the packages up without importing them: onnxruntime's threads and locks in the
-    parent would be inherited half-held by the espeak workers it forks, and hang them."""
+    parent would be inherited by any process forked from it later."""
     if find_spec("onnxruntime") is None or find_spec("piper") is None:
         raise PiperUnavailableError(MISSING_PACKAGE)
     path = Path(model_path) if model_path else default_model_path()
@@ -108,10 +107,6 @@ class PiperSynthesizer:
         return resample_to_16k(samples, shifted_rate(self.sample_rate, prosody.pitch_factor))
 
 
-def piper_process_pool(num_jobs: int):
-    """Fresh interpreters (spawn, one chunk each): nothing of onnxruntime's state crosses a
-    fork, and every chunk starts from a freshly loaded voice."""
-    return mp.get_context("spawn").Pool(processes=max(1, num_jobs), maxtasksperchild=1)
 
 
 def shifted_rate(rate: int, pitch_factor: float) -> int:

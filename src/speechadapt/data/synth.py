@@ -22,7 +22,6 @@ Each split gets ``<audio_dir>/<split>.jsonl`` metadata that the manifest stage r
 
 import dataclasses
 import logging
-import multiprocessing as mp
 import os
 import random
 from dataclasses import dataclass, field
@@ -36,9 +35,10 @@ from tqdm import tqdm
 from speechadapt.data.espeak import TARGET_RATE_HZ, VoiceSettings, check_voices, to_int16, write_utterances
 from speechadapt.data.grammar import split_disjoint, unique_sentences
 from speechadapt.data.noise import NOISE_TYPES, make_noise, mix_at_snr
-from speechadapt.data.piper import (PIPER_PREFIX, check_piper_available, is_piper_voice, piper_process_pool,
+from speechadapt.data.piper import (PIPER_PREFIX, check_piper_available, is_piper_voice,
                                    synthesise_piper_chunk)
 from speechadapt.data.prep_utils import progress_disabled, write_jsonl
+from speechadapt.utils.workers import run_in_fresh_processes
 
 SOURCE_SPLITS = ("source_train", "source_dev", "source_test")
 TARGET_SPLITS = ("target_adapt", "target_dev", "target_test")
@@ -298,22 +298,11 @@ def _clean_path(audio_dir: Path, row: dict) -> Path:
 STALL_ENV = "SPEECHADAPT_CHUNK_STALL_S"
 
 
-class ChunkStallError(RuntimeError):
-    """No synthesis chunk finished within the stall limit."""
-
-
-def _fresh_process_pool(num_jobs: int):
-    # fork from this process, which never loads espeak (only workers do); one task per
-    # child, so each chunk starts from espeak's initial state. Fork (not spawn) needs no
-    # `if __name__ == "__main__"` guard in the caller and starts in milliseconds.
-    ctx = mp.get_context("fork")
-    return ctx.Pool(processes=max(1, num_jobs), maxtasksperchild=1)
-
-
 def verify_voices(names: Sequence[str]) -> None:
     """Raise UnknownVoiceError unless espeak-ng has every voice (checked in a fresh process)."""
-    with _fresh_process_pool(1) as pool:
-        pool.apply(check_voices, (list(names),))
+    for _ in run_in_fresh_processes(check_voices, [list(names)], 1, "espeak voices", chunk_stall_seconds(),
+                                    preload=[__name__]):
+        pass
 
 
 def synthesise_files(groups: Sequence[Sequence[Tuple[str, str, dict]]], chunk_size: int, num_jobs: int,
@@ -360,46 +349,27 @@ def synthesise(plan: Dict[str, List[dict]], audio_dir: Path, chunk_size: int, nu
                                 piper_items[start:start + chunk_size]))
         first_chunk += (len(rows) + chunk_size - 1) // chunk_size
     written = _run_chunks(_synthesise_chunk, tasks, num_jobs, "synthesise (espeak)")
-    written.update(_run_chunks(synthesise_piper_chunk, piper_tasks, num_jobs, "synthesise (piper)",
-                               piper_process_pool))
+    written.update(_run_chunks(synthesise_piper_chunk, piper_tasks, num_jobs, "synthesise (piper)"))
     for path, num_samples in written.items():
         rows_by_path[path]["num_samples"] = num_samples
         rows_by_path[path]["clean_audio"] = path
 
 
-def _run_chunks(worker, tasks, num_jobs: int, desc: str, make_pool=None, retries: int = 1) -> Dict[str, int]:
-    """Run ``tasks`` (each ending in its list of ``(path, ...)`` items) in fresh workers. A chunk
-    whose worker dies or stalls would make Pool wait forever: after the stall limit the pool is
-    dropped and the unfinished chunks rerun in a fresh one (each chunk carries its own seed, so
-    the bytes do not change); after ``retries`` such restarts the stage stops, saying so."""
+def _run_chunks(worker, tasks, num_jobs: int, desc: str) -> Dict[str, int]:
+    """Run ``tasks`` (each ending in its list of ``(path, ...)`` items), one fresh process per
+    chunk (``utils.workers``): a chunk whose worker dies or runs past the stall limit is rerun
+    once (each chunk carries its own seed, so the bytes do not change), then the stage stops
+    with ``WorkerLostError``; path -> number of samples."""
     written: Dict[str, int] = {}
-    pending = list(tasks)
     with tqdm(total=sum(len(t[-1]) for t in tasks), desc=desc, disable=progress_disabled()) as bar:
-        for attempt in range(retries + 1):
-            try:
-                _drain_chunks(worker, pending, num_jobs, desc, make_pool or _fresh_process_pool, written, bar)
-                return written
-            except ChunkStallError as err:
-                pending = [t for t in pending if not all(item[0] in written for item in t[-1])]
-                if attempt == retries:
-                    raise
-                logger.warning("%s; rerunning its %d unfinished chunks in fresh workers", err, len(pending))
-    return written
-
-
-def _drain_chunks(worker, tasks, num_jobs: int, desc: str, make_pool, written: Dict[str, int], bar) -> None:
-    stall_s = chunk_stall_seconds()
-    with make_pool(num_jobs) as pool:  # leaving the block terminates the workers, a stalled one too
-        results = pool.imap_unordered(worker, tasks)
-        for finished in range(len(tasks)):
-            try:
-                done = dict(results.next(timeout=stall_s))
-            except mp.TimeoutError:
-                raise ChunkStallError(f"{desc}: no chunk finished in {stall_s:.0f} s ({finished} of {len(tasks)} "
-                                      f"done); a worker died or hangs (its traceback, if any, is above); "
-                                      f"{STALL_ENV} sets the limit") from None
+        for _, done in run_in_fresh_processes(worker, tasks, num_jobs, desc, chunk_stall_seconds(),
+                                              preload=[__name__]):
             written.update(done)
             bar.update(len(done))
+    expected = sum(len(t[-1]) for t in tasks)
+    if len(written) != expected:
+        raise RuntimeError(f"{desc}: {len(written)} files written, {expected} planned")
+    return written
 
 
 def chunk_stall_seconds() -> float:

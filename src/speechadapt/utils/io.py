@@ -9,8 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Union
 
-import torch
-
 PathLike = Union[str, os.PathLike]
 
 
@@ -39,6 +37,8 @@ def _atomic(path: PathLike, write) -> Path:
 
 def atomic_save(obj: Any, path: PathLike) -> Path:
     """``torch.save`` that never leaves a half-written file at ``path``."""
+    import torch  # here, so the light helpers (and worker processes) do not pay for torch
+
     return _atomic(path, lambda f: torch.save(obj, f))
 
 
