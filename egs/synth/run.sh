@@ -13,7 +13,7 @@ profile=default     # default (about 30 min on 2 cores), full (hours, stronger) 
 world_size=1
 launcher=local      # local, or slurm: distributed stages via tools/slurm_launch.sh (docs/scale.md)
 start_epoch=auto    # training stages resume from their newest checkpoint; 1 = fresh (refuses an old run)
-side_by_side=      # true: stage 23 beside 10-22, stages 40-45 beside 30-55, one core each (default: the profile's)
+side_by_side=      # true: stage 23 beside 10-22, the tiny-deep LLM-ASR beside MoSE (24-25), stages 40-45 beside 30-55, one core each (default: the profile's)
 mose_slot_dropouts= # stages 24-25: these slot dropouts ("0.0 0.3") instead of the profile's grid
 usage="Usage: $0 [--stage N] [--stop-stage M] [--profile default|full|fast] [--world-size N] [--launcher local|slurm] [--start-epoch auto|N] [--mose-slot-dropouts 'P ...'] [--side-by-side true|false]"
 . ../../tools/parse_options.sh
@@ -118,35 +118,41 @@ side_join second_encoder  # started beside stage 10 (--side-by-side), or run her
 
 ctc2_model=$ctc2_exp/epoch-$ctc2_epochs-avg-$ctc_avg.pt
 mose_encoders="$ctc_exp/$ctc_model,$ctc2_model"
-# One MoSE per slot dropout of the profile's grid; the dev WERs of stage 25 choose among them.
-# First the single-encoder LLM-ASR on the second encoder: MoSE must beat the better of the two.
-if stage_in 24; then
-  stage_begin 24 "train LLM-ASR on the second encoder alone ($ctc2_preset), the MoSE baseline"
-  $llm_env $dist_py speechadapt.bin.train $llm_flags --exp-dir $exp_root/llm_asr_ctc2 --encoder-ckpt $ctc2_model \
-    --encoder-preset $ctc2_preset
-  stage_end
-  for p in $mose_slot_dropouts; do
+# First the single-encoder LLM-ASR on the second encoder (MoSE must beat the better of the
+# two), then one MoSE per slot dropout of the profile's grid; the dev WERs of stage 25 choose
+# among them. The two are independent: with --side-by-side the baseline trains beside MoSE.
+ctc2_llm_stages() {
+  if stage_in 24; then
+    stage_begin 24 "train LLM-ASR on the second encoder alone ($ctc2_preset), the MoSE baseline"
+    $llm_env $dist_py speechadapt.bin.train $llm_flags --exp-dir $exp_root/llm_asr_ctc2 --encoder-ckpt $ctc2_model \
+      --encoder-preset $ctc2_preset
+    stage_end
+  fi
+  if stage_in 25; then
+    stage_begin 25 "decode LLM-ASR on the second encoder ($ctc2_preset) on the dev and test sets"
+    $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/llm_asr_ctc2 --epoch $llm_epochs --avg $llm_avg \
+      --use-averaged-model true $decode_flags --method llm-asr-$ctc2_preset \
+      --test-sets source_dev,target_dev,source_test,target_test${extra_sets:+,$extra_sets}
+    stage_end
+  fi
+}
+side_start ctc2_llm_stages
+for p in $mose_slot_dropouts; do
+  if stage_in 24; then
     stage_begin 24 "train MoSE ($ctc_preset + $ctc2_preset encoders, slot dropout $p)"
     $llm_env $dist_py speechadapt.bin.train $llm_flags --exp-dir $exp_root/mose_p$p --encoder-ckpt $mose_encoders \
       --encoder-preset $ctc_preset,$ctc2_preset --mose-slot-dropout $p
     stage_end
-  done
-fi
-
-if stage_in 25; then
-  stage_begin 25 "decode LLM-ASR on the second encoder ($ctc2_preset) on the dev and test sets"
-  $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/llm_asr_ctc2 --epoch $llm_epochs --avg $llm_avg \
-    --use-averaged-model true $decode_flags --method llm-asr-$ctc2_preset \
-    --test-sets source_dev,target_dev,source_test,target_test${extra_sets:+,$extra_sets}
-  stage_end
-  for p in $mose_slot_dropouts; do
+  fi
+  if stage_in 25; then
     stage_begin 25 "decode MoSE (slot dropout $p, all slots) on the dev and test sets"
     $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/mose_p$p --epoch $llm_epochs --avg $llm_avg \
       --use-averaged-model true $decode_flags --method mose-p$p \
       --test-sets source_dev,target_dev,source_test,target_test${extra_sets:+,$extra_sets}
     stage_end
-  done
-fi
+  fi
+done
+side_join ctc2_llm_stages  # 24-25 on the second encoder: beside MoSE (--side-by-side), or run here
 
 # ---- 30-39 fine-tuning on the target domain (first-order and zeroth-order) ----------
 # One conf/ft/<run>.yaml per method (optimiser, what is tuned, rates chosen on

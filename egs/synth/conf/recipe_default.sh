@@ -10,22 +10,24 @@ average_period=50
 ctc_preset=tiny
 # Measured: 6 epochs of 60 s batches (744 updates, 541 s) left the CTC at 21.8 / 51.4 (source /
 # target test, mostly deletions); the full profile passed 2% at ~1,500 updates of 100 s. So:
-# 16 epochs of 80 s batches (~1,650 updates) over the ~2.3 h of source audio.
-ctc_epochs=16
+# 16 epochs of 80 s batches over 3,000 utterances (~1,650 updates) reached 5.97 / 32.42 with the
+# validation loss flat from ~1,000 updates (overfitting; the full profile's 7,000 utterances
+# kept falling). So the same compute over 7,000 distinct utterances: 7 epochs of 80 s batches.
+ctc_epochs=7
 ctc_avg=3
 ctc_max_duration=80
 # second encoder for MoSE: another preset (every stack two layers deep), another seed
 ctc2_preset=tiny-deep
-ctc2_epochs=16  # 4 epochs (496 updates) left it at 66.1 / 82.4
+ctc2_epochs=7  # 4 epochs of 3,000 utterances (496 updates) left it at 66.1 / 82.4
 # LLM-ASR / MoSE
-lm_epochs=8
+lm_epochs=4  # 8 epochs of 3,000 sentences reached copy accuracy 0.977; 4 of 7,000 are as many updates
 lm_min_copy_accuracy=0.9  # held-out copy accuracy the tiny LM must reach (bin/pretrain_text_lm.py)
 llm_compress=ctc-tokens  # each encoder's output shortened by its CTC head, its posteriors read through the pieces' token embeddings (models/ctc_compress.py)
 llm_stack_k=1     # one vector per CTC run already
 lora_r=64
 lora_alpha=16
-llm_epochs=4
-llm_avg=2
+llm_epochs=2  # 4 epochs of 3,000 utterances before: as many updates
+llm_avg=1
 llm_max_duration=60
 llm_lr=5e-4
 mose_slot_dropouts="0.3"  # one MoSE each, chosen on the dev sets (stage 25)
@@ -47,5 +49,6 @@ tta_grid_zo="base_lr=3e-1"
 tta_grid_guarded="base_lr=1e-1;em_coef=0.3,1"
 tta_grid_continual="base_lr=1e-2"
 tta_steps=""  # the confs' steps (10; continual 1)
-# stage 23 beside 10-22, the TTA stages 40-44 beside the fine-tuning stages 30-37, one core each
+# stage 23 beside 10-22, the tiny-deep LLM-ASR beside MoSE (24-25), the TTA stages 40-45 beside
+# the fine-tuning stages 30-55, one core each
 side_by_side=true

@@ -42,5 +42,6 @@ tta_grid_zo="base_lr=1e-1,3e-1"
 tta_grid_guarded="base_lr=3e-2,1e-1;em_coef=0.3,1"
 tta_grid_continual="base_lr=3e-3,1e-2,3e-2"
 tta_steps=""  # the confs' steps (10; continual 1)
-# stage 23 beside 10-22, the TTA stages 40-44 beside the fine-tuning stages 30-37, one core each
+# stage 23 beside 10-22, the tiny-deep LLM-ASR beside MoSE (24-25), the TTA stages 40-45 beside
+# the fine-tuning stages 30-55, one core each
 side_by_side=true
