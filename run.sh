@@ -3,7 +3,7 @@
 # training/adaptation stages (10+, its run.sh). --stage/--stop-stage choose which of the
 # two run; every other option goes to the script(s) that know it (an option neither
 # knows is an error).
-#   ./run.sh                                  # the default synth recipe, default profile (~30 min on 2 cores)
+#   ./run.sh                                  # the default synth recipe, default profile (about 2 h on 2 cores, measured)
 #   ./run.sh --profile full                   # the longer, stronger run (hours)
 #   ./run.sh --profile fast                   # every stage in minutes (CI)
 #   ./run.sh --recipe synth --stage 10 --stop-stage 19 --world-size 2
