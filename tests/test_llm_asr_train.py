@@ -175,6 +175,19 @@ def test_text_pretraining_learns_to_copy_from_the_speech_slot_and_checks_it(tmp_
     assert not (tmp_path / "weak").exists()
 
 
+def test_scrambled_copy_texts_keep_lengths_and_vocabulary_and_replace_the_share_asked():
+    texts = ["call anna at noon", "play jazz", "set an alarm for six", "text liam hello"] * 5
+    words = {w for t in texts for w in t.split()}
+    out = pretrain_text_lm.scrambled_texts(texts, 0.5, seed=1)
+    assert out == pretrain_text_lm.scrambled_texts(texts, 0.5, seed=1)  # seeded
+    assert [len(t.split()) for t in out] == [len(t.split()) for t in texts]
+    assert {w for t in out for w in t.split()} <= words
+    assert 7 <= sum(a != b for a, b in zip(out, texts)) <= 10  # 10 drawn; a draw may repeat its sentence
+    assert pretrain_text_lm.scrambled_texts(texts, 0.0, seed=1) == texts
+    with pytest.raises(ValueError, match="scrambled-copy-fraction"):
+        pretrain_text_lm.scrambled_texts(texts, 1.5, seed=1)
+
+
 def _mose_ddp_worker(rank, world_size, llm_dir, out_dir):
     import speechadapt.models.llm_asr as llm_asr
     from speechadapt.training.dist import cleanup_dist, setup_dist

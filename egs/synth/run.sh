@@ -93,7 +93,8 @@ if stage_in 20; then
   stage_begin 20 "text pre-training of the tiny Qwen2 on source_train text, plain and as copy examples"
   $llm_env python -m speechadapt.bin.pretrain_text_lm --train-text $fbank/synth_cuts_source_train.jsonl.gz \
     --valid-text $fbank/synth_cuts_source_dev.jsonl.gz --out-dir $lm_dir --exp-dir $exp_root/tiny_qwen2_train \
-    --num-epochs $lm_epochs --hidden-size 256 --num-hidden-layers 2 --min-copy-accuracy $lm_min_copy_accuracy
+    --num-epochs $lm_epochs --hidden-size 256 --num-hidden-layers 2 --min-copy-accuracy $lm_min_copy_accuracy \
+    --scrambled-copy-fraction $lm_scrambled_copy_fraction
   stage_end
 fi
 
