@@ -22,7 +22,7 @@ ctc2_epochs=7  # 4 epochs of 3,000 utterances (496 updates) left it at 66.1 / 82
 # LLM-ASR / MoSE
 lm_epochs=4  # 8 epochs of 3,000 sentences reached copy accuracy 0.977; 4 of 7,000 are as many updates
 lm_min_copy_accuracy=0.9  # held-out copy accuracy the tiny LM must reach (bin/pretrain_text_lm.py)
-lm_scrambled_copy_fraction=0  # measured (default profile): 0.5 took LLM-ASR 4.24 / 14.88 to 3.09 / 17.00 (source / target)
+lm_scrambled_copy_fraction=0  # measured (default profile, LLM-ASR source / target / untuned): 0 gave 4.24 / 14.88 / 28.05, 0.2 gave 3.44 / 16.34 / 31.95, 0.5 gave 3.09 / 17.00 / 32.75
 llm_compress=ctc-tokens  # each encoder's output shortened by its CTC head, its posteriors read through the pieces' token embeddings (models/ctc_compress.py)
 llm_stack_k=1     # one vector per CTC run already
 lora_r=64
