@@ -19,13 +19,15 @@ the same files a single process would.
 """
 
 import argparse
+import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
-from speechadapt.data.datamodule import AsrDataModule, DataConfig, split_name
-from speechadapt.data.prep_utils import comma_list
+from speechadapt.data.datamodule import AsrDataModule, DataConfig, is_padding_duplicate, split_name
+from speechadapt.data.prep_utils import comma_floats, comma_list
 from speechadapt.decoding.results import Stopwatch, decode_dataloader, unseen_subset, write_decode_results
 from speechadapt.models.interface import DecodeOptions
 from speechadapt.models.registry import load_model
@@ -33,6 +35,7 @@ from speechadapt.training.averaging import WeightSelection
 from speechadapt.training.dist import cleanup_dist, gather_lists, launch, launched_by_torchrun, setup_dist
 from speechadapt.utils.flags import add_dataclass_arguments, dataclass_from_args, parse_args
 from speechadapt.utils.log import setup_logger
+from speechadapt.utils.progress import Progress
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -45,6 +48,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="one process: default cuda when available; ranks: their GPU")
     p.add_argument("--world-size", type=int, default=1,
                    help="processes that share each test set (or run under torchrun); results gathered on rank 0")
+    p.add_argument("--ctc-weight-grid", type=comma_floats, default=[],
+                   help="LLM-ASR: CTC weights compared on --tune-sets (one beam pass scores them all); the best "
+                        "mean WER sets --ctc-weight for the test sets (exp_dir/decode/ctc-weight-grid-KEY.json)")
+    p.add_argument("--tune-sets", type=comma_list, default=[], help="the dev splits --ctc-weight-grid is tuned on")
     add_dataclass_arguments(p, WeightSelection, "weights")
     add_dataclass_arguments(p, DecodeOptions, "search")
     add_dataclass_arguments(p, DataConfig, "data")
@@ -58,8 +65,13 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> Dict[str, float
     device = args.device if args.device and dist_info.world_size == 1 else dist_info.device
     model, weights = load_model(args.exp_dir, dataclass_from_args(WeightSelection, args), device)
     options = dataclass_from_args(DecodeOptions, args)
+    if options.ctc_weight > 0 and model.spec()["kind"] != "llm_asr":
+        raise ValueError(f"--ctc-weight rescores LLM-ASR hypotheses with its encoders' CTC heads; the model in "
+                         f"{args.exp_dir} is a {model.spec()['kind']} model")
     method = args.method or model.method_name
     data = AsrDataModule(dataclass_from_args(DataConfig, args), model.input_kind)
+    if args.ctc_weight_grid:
+        options = tune_ctc_weight(model, data, args, options, weights, dist_info)
     wers: Dict[str, float] = {}
     for test_set in args.test_sets:
         cuts = data.load_cuts(test_set)
@@ -86,6 +98,46 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> Dict[str, float
         logging.info(f"WER: {wers}")
     cleanup_dist()
     return wers
+
+
+def tune_ctc_weight(model, data, args, options: DecodeOptions, weights: str, dist_info) -> DecodeOptions:
+    """Options with the ``--ctc-weight-grid`` value of the lowest mean WER over
+    ``--tune-sets`` (candidates and scores computed once per utterance, every rank its
+    share); the grid's WERs go to exp_dir/decode/ctc-weight-grid-KEY.json."""
+    from speechadapt.models.llm_asr_rescore import rescoring_candidates, wer_by_weight
+    from speechadapt.utils.io import atomic_write_text
+
+    if not args.tune_sets:
+        raise ValueError("--ctc-weight-grid needs --tune-sets (the dev splits the weights are compared on)")
+    bad = [w for w in args.ctc_weight_grid if not 0.0 <= w <= 1.0]
+    if bad:
+        raise ValueError(f"--ctc-weight-grid values must be in [0, 1], got {bad}")
+    normalize = options.normalizer(model)
+    table: Dict[str, List[float]] = {}
+    for tune_set in args.tune_sets:
+        cuts = data.load_cuts(tune_set)
+        batches = []
+        loader = data.test_dataloaders(cuts, dist_info.world_size, dist_info.rank)
+        for batch in Progress(loader, f"CTC weights on {tune_set}", every_n=0):
+            candidates = rescoring_candidates(model, batch, options.num_beams, options.max_new_tokens)
+            keep = [i for i, c in enumerate(batch.cut_ids) if not is_padding_duplicate(c)]
+            batches.append(([batch.texts[i] for i in keep], candidates.subset(keep)))
+        batches = gather_lists(batches)
+        if sum(len(refs) for refs, _ in batches) != sum(1 for _ in cuts):
+            raise RuntimeError(f"{tune_set}: candidates for {sum(len(r) for r, _ in batches)} of "
+                               f"{sum(1 for _ in cuts)} cuts")
+        table[split_name(tune_set)] = wer_by_weight(batches, args.ctc_weight_grid, normalize)
+    mean = [sum(col) / len(col) for col in zip(*table.values())]
+    best = min(range(len(mean)), key=mean.__getitem__)
+    chosen = replace(options, ctc_weight=args.ctc_weight_grid[best])
+    report = {"ctc_weight_grid": args.ctc_weight_grid, "wer": table, "mean_wer": mean,
+              "chosen": chosen.ctc_weight, "num_beams": options.num_beams}
+    logging.info(f"CTC weight grid on {args.tune_sets}: {report}")
+    if dist_info.is_main:
+        out = args.exp_dir / "decode" / f"ctc-weight-grid-{chosen.key(weights)}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(report, indent=1) + "\n", out)
+    return chosen
 
 
 def main(argv=None) -> Dict[str, float]:

@@ -1,5 +1,6 @@
 """Small helpers for data-preparation stages: done markers, input stamps, jsonl."""
 
+import argparse
 import json
 import logging
 import os
@@ -48,6 +49,14 @@ def file_stamp(path: PathLike) -> Dict[str, Any]:
 def comma_list(value: str) -> List[str]:
     """'a,b,,c' -> ['a', 'b', 'c'] (argparse type of split lists)."""
     return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def comma_floats(value: str) -> List[float]:
+    """'0,0.3,0.5' -> [0.0, 0.3, 0.5] (argparse type of grids)."""
+    try:
+        return [float(v) for v in comma_list(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {value!r}") from None
 
 
 def write_jsonl(rows: Iterable[Dict[str, Any]], path: PathLike) -> Path:

@@ -61,6 +61,10 @@ class BpeTokenizer:
             raise ValueError(f"{len(empty)} transcripts encode to no tokens, e.g. {empty[:2]!r}")
         return ids
 
+    def pieces(self, text: str) -> List[int]:
+        """One text's ids in the model's case; an empty text has none (no error)."""
+        return self.sp.encode(self._case(text), out_type=int) if text else []
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode(list(ids))
 

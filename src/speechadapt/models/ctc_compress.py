@@ -7,7 +7,7 @@ sequence, which is what a tiny LLM pre-trained with copy examples can follow (CT
 compression of speech for sequence-to-sequence models, as in Gaido et al. 2021).
 """
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,7 @@ class CtcCompressedEncoder(nn.Module):
         self.ctc_linear = ctc_linear
         self.blank_id = blank_id
         self.piece_texts = list(piece_texts) if piece_texts is not None else None
+        self.bpe_model: Optional[str] = None  # the CTC labels' sentencepiece model (CTC rescoring), when known
         self.hidden_dim = encoder.output_dim
         self.ctc_vocab = ctc_linear.out_features if piece_texts is not None else 0
         self.output_dim = self.hidden_dim + self.ctc_vocab
@@ -59,11 +60,18 @@ class CtcCompressedEncoder(nn.Module):
             raise ValueError(f"{len(self.piece_texts)} piece texts for a CTC head of {ctc_linear.out_features} labels")
 
     def forward(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor]:
+        compressed, counts, _, _ = self.forward_with_log_probs(x, x_lens)
+        return compressed, counts
+
+    def forward_with_log_probs(self, x: Tensor, x_lens: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``forward``'s (runs, run counts) and the per-frame CTC log-probabilities
+        (B, T, V) with their lengths, from one pass (CTC rescoring reads both)."""
         out, out_lens = self.encoder(x, x_lens)
         logits = self.ctc_linear(out)
         if self.ctc_vocab:
             out = torch.cat([out, logits.softmax(dim=-1)], dim=-1)
-        return compress_runs(out, out_lens, logits.argmax(dim=-1), self.blank_id)
+        compressed, counts = compress_runs(out, out_lens, logits.argmax(dim=-1), self.blank_id)
+        return compressed, counts, logits.float().log_softmax(dim=-1), out_lens
 
 
 def piece_text(piece: str) -> str:

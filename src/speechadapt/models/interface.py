@@ -46,9 +46,16 @@ class DecodeOptions:
     decoding_method: str = field(default="greedy", metadata={"choices": ("greedy", "beam")})
     beam_size: int = field(default=4, metadata={"help": "beam search only"})
     max_new_tokens: int = field(default=64, metadata={"help": "generative models (LLM-ASR, Whisper)"})
+    ctc_weight: float = field(default=0.0, metadata={
+        "help": "LLM-ASR on CTC-compressed encoders: > 0 rescores the beam's hypotheses and each encoder's CTC "
+                "greedy transcript by (1 - w) log P_LLM + w log P_CTC (joint CTC/LLM decoding); 0: the LLM alone"})
     text_norm: str = field(default="default", metadata={
         "choices": TEXT_NORMS, "help": "how refs and hyps are normalised before scoring: default, whisper "
                                        "(Whisper's own, for the model's language), none (whitespace split)"})
+
+    def __post_init__(self):
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"--ctc-weight must be in [0, 1], got {self.ctc_weight}")
 
     @property
     def num_beams(self) -> int:
@@ -57,6 +64,8 @@ class DecodeOptions:
     def key(self, weights_name: str) -> str:
         """icefall's file-name key: ``greedy-epoch-8-avg-3``, ``beam4-...``."""
         search = self.decoding_method if self.num_beams == 1 else f"beam{self.num_beams}"
+        if self.ctc_weight > 0:
+            search += f"-ctc{self.ctc_weight:g}"
         norm = "" if self.text_norm == "default" else f"-norm-{self.text_norm}"
         return f"{search}-{weights_name}{norm}"
 

@@ -299,6 +299,10 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
     @torch.no_grad()
     def transcribe(self, batch, options: DecodeOptions = DecodeOptions()) -> List[str]:
         batch = batch.to(self.device)
+        if options.ctc_weight > 0:
+            from speechadapt.models.llm_asr_rescore import ctc_rescored_transcripts
+
+            return ctc_rescored_transcripts(self, batch, options)
         return self.decode(batch.inputs, batch.input_lens, max_new_tokens=options.max_new_tokens,
                            num_beams=options.num_beams)
 
@@ -318,7 +322,13 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         excluding <|im_end|>, when ``return_ids``). Extra keyword arguments go to
         ``generate`` (e.g. ``length_penalty``, ``min_new_tokens``).
         """
-        prompts = self.build_prompts(self.encode(x, x_lens))
+        return self.generate_from_speech(self.encode(x, x_lens), max_new_tokens, num_beams, return_ids,
+                                         **generate_kwargs)
+
+    def generate_from_speech(self, speech, max_new_tokens: int = 64, num_beams: int = 1, return_ids: bool = False,
+                             **generate_kwargs):
+        """``decode`` from projected speech (``encode``'s output)."""
+        prompts = self.build_prompts(speech)
         stop_ids = self.stop_token_ids()
         out = self.llm.generate(
             inputs_embeds=prompts.inputs_embeds,

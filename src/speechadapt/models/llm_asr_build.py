@@ -107,29 +107,41 @@ def load_frozen_encoder(path: PathLike, preset: str = "tiny", device="cpu", pad_
         linear.load_state_dict(head)
         pieces = ctc_piece_texts(path, linear.out_features) if compress == "ctc-tokens" else None
         encoder = CtcCompressedEncoder(encoder, linear, piece_texts=pieces)
+        encoder.bpe_model = ctc_bpe_model(path)
     for p in encoder.parameters():
         p.requires_grad_(False)
     logging.info(f"loaded frozen Zipformer encoder ({preset}) from {path}")
     return encoder.to(device).eval()
 
 
-def ctc_piece_texts(ckpt: PathLike, vocab_size: int) -> List[str]:
-    """The text of each CTC label of a Zipformer-CTC checkpoint, from the BPE model that
-    the ``model.json`` beside it names."""
+def ctc_bpe_model(ckpt: PathLike, required: bool = False) -> Optional[str]:
+    """The BPE model that the ``model.json`` beside a Zipformer-CTC checkpoint names (None,
+    unless ``required``, when there is none: icefall's published checkpoints come without)."""
     import json
-
-    import sentencepiece as spm
-
-    from speechadapt.models.ctc_compress import piece_text
 
     spec_path = Path(ckpt).resolve().parent / "model.json"
     try:
         bpe_model = json.loads(spec_path.read_text())["bpe_model"]
     except (OSError, ValueError, KeyError) as e:
+        if not required:
+            return None
         raise FileNotFoundError(f"--encoder-compress ctc-tokens reads the BPE model from {spec_path} "
                                 f"(the Zipformer-CTC training folder's model.json): {e}") from None
     if not Path(bpe_model).is_file():
+        if not required:
+            return None
         raise FileNotFoundError(f"{spec_path} names the BPE model {bpe_model}, which is missing")
+    return str(bpe_model)
+
+
+def ctc_piece_texts(ckpt: PathLike, vocab_size: int) -> List[str]:
+    """The text of each CTC label of a Zipformer-CTC checkpoint, from the BPE model that
+    the ``model.json`` beside it names."""
+    import sentencepiece as spm
+
+    from speechadapt.models.ctc_compress import piece_text
+
+    bpe_model = ctc_bpe_model(ckpt, required=True)
     sp = spm.SentencePieceProcessor(model_file=str(bpe_model))
     if sp.get_piece_size() != vocab_size:
         raise ValueError(f"{bpe_model} has {sp.get_piece_size()} pieces, the CTC head of {ckpt} {vocab_size}")
