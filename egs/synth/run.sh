@@ -108,10 +108,21 @@ if stage_in 21; then
   stage_end
 fi
 
+# Every LLM-ASR run is decoded twice: greedy (the LLM alone), and METHOD+ctc, joint CTC/LLM
+# decoding (models/llm_asr_rescore.py): the LLM's 4 best and each encoder's CTC transcript
+# rescored by (1 - w) log P_LLM + w log P_CTC, w chosen on the dev sets from the grid.
+llm_rescore_flags="--decoding-method beam --beam-size 4 --ctc-weight-grid 0,0.1,0.2,0.3,0.4,0.5,0.6,0.8 \
+  --tune-sets source_dev,target_dev"
+llm_decode() {  # llm_decode EXP_NAME METHOD [FLAGS]: both decodings of exp_root/EXP_NAME's averaged model
+  local run
+  for run in "--method $2" "--method $2+ctc $llm_rescore_flags"; do
+    $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/$1 --epoch $llm_epochs --avg $llm_avg \
+      --use-averaged-model true $decode_flags ${3:-} $run
+  done
+}
 if stage_in 22; then
-  stage_begin 22 "decode LLM-ASR (greedy, batched generate)"
-  $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/llm_asr --epoch $llm_epochs --avg $llm_avg \
-    --use-averaged-model true $decode_flags
+  stage_begin 22 "decode LLM-ASR (greedy, batched generate; and joint CTC/LLM rescoring)"
+  llm_decode llm_asr llm-asr
   stage_end
 fi
 
@@ -122,6 +133,7 @@ mose_encoders="$ctc_exp/$ctc_model,$ctc2_model"
 # First the single-encoder LLM-ASR on the second encoder (MoSE must beat the better of the
 # two), then one MoSE per slot dropout of the profile's grid; the dev WERs of stage 25 choose
 # among them. The two are independent: with --side-by-side the baseline trains beside MoSE.
+dev_and_test_sets="--test-sets source_dev,target_dev,source_test,target_test${extra_sets:+,$extra_sets}"
 ctc2_llm_stages() {
   if stage_in 24; then
     stage_begin 24 "train LLM-ASR on the second encoder alone ($ctc2_preset), the MoSE baseline"
@@ -131,9 +143,7 @@ ctc2_llm_stages() {
   fi
   if stage_in 25; then
     stage_begin 25 "decode LLM-ASR on the second encoder ($ctc2_preset) on the dev and test sets"
-    $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/llm_asr_ctc2 --epoch $llm_epochs --avg $llm_avg \
-      --use-averaged-model true $decode_flags --method llm-asr-$ctc2_preset \
-      --test-sets source_dev,target_dev,source_test,target_test${extra_sets:+,$extra_sets}
+    llm_decode llm_asr_ctc2 llm-asr-$ctc2_preset "$dev_and_test_sets"
     stage_end
   fi
 }
@@ -147,9 +157,7 @@ for p in $mose_slot_dropouts; do
   fi
   if stage_in 25; then
     stage_begin 25 "decode MoSE (slot dropout $p, all slots) on the dev and test sets"
-    $llm_env $dist_py speechadapt.bin.decode --exp-dir $exp_root/mose_p$p --epoch $llm_epochs --avg $llm_avg \
-      --use-averaged-model true $decode_flags --method mose-p$p \
-      --test-sets source_dev,target_dev,source_test,target_test${extra_sets:+,$extra_sets}
+    llm_decode mose_p$p mose-p$p "$dev_and_test_sets"
     stage_end
   fi
 done
