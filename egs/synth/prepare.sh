@@ -5,7 +5,7 @@ cd "$(dirname "$0")"
 recipe_name=synth
 stage=0
 stop_stage=100
-profile=default     # default (the whole story, about 2 h on 2 cores), full (hours, stronger) or fast (CI, minutes)
+profile=default     # default (the whole story, 72-123 min on 2 cores), full (hours, stronger) or fast (CI, minutes)
 data_dir=           # default: data/<profile> (full: data), so CI never clobbers another profile's corpus
 corpus_conf=        # default: conf/corpus_$profile.yaml
 num_jobs=2

@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 recipe_name=synth
 stage=10
 stop_stage=100
-profile=default     # default (the whole story, about 2 h on 2 cores), full (hours, stronger) or fast (CI, minutes)
+profile=default     # default (the whole story, 72-123 min on 2 cores), full (hours, stronger) or fast (CI, minutes)
 world_size=1
 launcher=local      # local, or slurm: distributed stages via tools/slurm_launch.sh (docs/scale.md)
 start_epoch=auto    # training stages resume from their newest checkpoint; 1 = fresh (refuses an old run)

@@ -1,4 +1,4 @@
-# synth recipe, default profile: every stage, about 2 h on 2 CPU cores (measured 7,362 s; 30 min was the aim)
+# synth recipe, default profile: every stage, 72-123 min on 2 CPU cores (measured 4,297 s and 7,362 s on two machines; 30 min was the aim)
 # (full profile: the longer, stronger run; fast: CI).
 data_dir=data/default
 exp_root=exp/default
