@@ -98,6 +98,11 @@ def test_the_weight_chooses_between_the_llm_and_the_ctc_opinion():
     assert cands.pick(0.5) == ["b"]  # 0.5 (-1 - 9) = -5 < 0.5 (-5 - 1) = -3
     assert cands.pick(0.2) == ["a"]  # 0.8 (-1) + 0.2 (-9) = -2.6 > 0.8 (-5) + 0.2 (-1) = -4.2
     assert cands.subset([0]).texts == [["a", "b", "c"]] and Candidates([], [], []).pick(0.3) == []
+    # A bonus per word: "b c" (2 words) overtakes "a" once 0.5 (-3 - 3) + 2 b > 0.5 (-1 - 1) + b, i.e. b > 2.
+    short_first = Candidates(texts=[["a", "b c"]], llm=[[-1.0, -3.0]], ctc=[[-1.0, -3.0]])
+    assert short_first.pick(0.5) == ["a"] and short_first.pick(0.5, 1.5) == ["a"]
+    assert short_first.pick(0.5, 2.5) == ["b c"]
+    assert short_first.pick(0.0, 5.0) == ["a"]  # weight 0: the LLM's own best, whatever the bonus
 
 
 def test_transcribe_with_a_ctc_weight_returns_the_best_scored_candidate(parts):
@@ -112,11 +117,17 @@ def test_transcribe_with_a_ctc_weight_returns_the_best_scored_candidate(parts):
             assert hyp == cands.texts[i][max(range(len(scores)), key=scores.__getitem__)]
             assert not math.isnan(max(scores))
     assert DecodeOptions(decoding_method="beam", ctc_weight=0.3).key("epoch-2") == "beam4-ctc0.3-epoch-2"
+    got = model.transcribe(batch, DecodeOptions(decoding_method="beam", beam_size=2, max_new_tokens=6,
+                                                ctc_weight=0.3, length_bonus=2.0))
+    assert got == cands.pick(0.3, 2.0)
+    assert DecodeOptions(ctc_weight=0.3, length_bonus=2).key("epoch-2") == "greedy-ctc0.3-lb2-epoch-2"
 
 
 def test_bad_ctc_weights_and_models_without_ctc_heads_are_refused(parts):
     with pytest.raises(ValueError, match=r"--ctc-weight must be in \[0, 1\]"):
         DecodeOptions(ctc_weight=1.5)
+    with pytest.raises(ValueError, match="--length-bonus 1.0 acts in joint CTC/LLM rescoring only"):
+        DecodeOptions(length_bonus=1.0)
     llm, tokenizer = load_llm_for_asr(parts["llm_dir"])
     torch.manual_seed(0)
     plain = LlmAsrModel([ZipformerEncoder(get_preset("tiny")).eval()], llm, tokenizer, LlmAsrConfig(**LORA_SMALL))
@@ -147,23 +158,28 @@ def test_decode_tunes_the_ctc_weight_on_dev_and_decodes_the_tests_with_it(parts,
                 "--exp-dir", str(exp), *common])
     base = ["--exp-dir", str(exp), "--epoch", "1", "--max-new-tokens", "8", *flags]
     wers = decode.main([*base, "--test-sets", "test", "--decoding-method", "beam", "--beam-size", "2",
-                        "--ctc-weight-grid", "0,0.5,1", "--tune-sets", "dev", "--method", "llm-asr+ctc"])
+                        "--ctc-weight-grid", "0,0.5,1", "--length-bonus-grid", "0,3", "--tune-sets", "dev",
+                        "--method", "llm-asr+ctc"])
     grids = list((exp / "decode").glob("ctc-weight-grid-*.json"))
     assert len(grids) == 1
     report = json.loads(grids[0].read_text())
-    assert report["ctc_weight_grid"] == [0.0, 0.5, 1.0] and len(report["wer"]["dev"]) == 3
-    best = min(range(3), key=report["mean_wer"].__getitem__)
-    assert report["chosen"] == [0.0, 0.5, 1.0][best]
-    suffix = f"-ctc{report['chosen']:g}" if report["chosen"] > 0 else ""
+    # weight 0 once (a bonus changes nothing there), each other weight with each bonus
+    settings = [[0.0, 0.0], [0.5, 0.0], [0.5, 3.0], [1.0, 0.0], [1.0, 3.0]]
+    assert report["settings"] == settings and len(report["wer"]["dev"]) == 5
+    best = min(range(5), key=report["mean_wer"].__getitem__)
+    assert [report["chosen"], report["chosen_length_bonus"]] == settings[best]
+    w, b = settings[best]
+    suffix = (f"-ctc{w:g}" if w > 0 else "") + (f"-lb{b:g}" if b else "")
     assert grids[0].name == f"ctc-weight-grid-beam2{suffix}-epoch-1-avg-1.json"
     record = json.loads((exp / "results.jsonl").read_text().splitlines()[-1])
     assert record["method"] == "llm-asr+ctc" and record["wer"] == pytest.approx(wers["test"], abs=1e-3)
-    # Each grid point scored dev as decoding it with that --ctc-weight does (0: the plain beam search).
-    for w, dev_wer in zip(report["ctc_weight_grid"], report["wer"]["dev"]):
+    # Each grid point scored dev as decoding it with that --ctc-weight and --length-bonus does
+    # (0: the plain beam search).
+    for (w, b), dev_wer in zip(settings, report["wer"]["dev"]):
         again = decode.main([*base, "--test-sets", "dev,test", "--decoding-method", "beam", "--beam-size", "2",
-                             "--ctc-weight", str(w), "--results", str(tmp_path / "again.jsonl")])
+                             "--ctc-weight", str(w), "--length-bonus", str(b), "--results", str(tmp_path / "a.jsonl")])
         assert again["dev"] == pytest.approx(dev_wer, abs=1e-6)
-        if w == report["chosen"]:
+        if [w, b] == settings[best]:
             assert again["test"] == pytest.approx(wers["test"], abs=1e-6)
     with pytest.raises(ValueError, match="needs --tune-sets"):
         decode.main([*base, "--test-sets", "test", "--ctc-weight-grid", "0,0.5"])

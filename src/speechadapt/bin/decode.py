@@ -51,6 +51,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctc-weight-grid", type=comma_floats, default=[],
                    help="LLM-ASR: CTC weights compared on --tune-sets (one beam pass scores them all); the best "
                         "mean WER sets --ctc-weight for the test sets (exp_dir/decode/ctc-weight-grid-KEY.json)")
+    p.add_argument("--length-bonus-grid", type=comma_floats, default=[0.0],
+                   help="with --ctc-weight-grid: per-word bonuses tried with each weight > 0 (the pair of the best "
+                        "mean WER sets --ctc-weight and --length-bonus)")
     p.add_argument("--tune-sets", type=comma_list, default=[], help="the dev splits --ctc-weight-grid is tuned on")
     add_dataclass_arguments(p, WeightSelection, "weights")
     add_dataclass_arguments(p, DecodeOptions, "search")
@@ -101,10 +104,10 @@ def run(rank: int, world_size: int, args: argparse.Namespace) -> Dict[str, float
 
 
 def tune_ctc_weight(model, data, args, options: DecodeOptions, weights: str, dist_info) -> DecodeOptions:
-    """Options with the ``--ctc-weight-grid`` value of the lowest mean WER over
-    ``--tune-sets`` (candidates and scores computed once per utterance, every rank its
-    share); the grid's WERs go to exp_dir/decode/ctc-weight-grid-KEY.json."""
-    from speechadapt.models.llm_asr_rescore import rescoring_candidates, wer_by_weight
+    """Options with the (``--ctc-weight-grid``, ``--length-bonus-grid``) pair of the lowest
+    mean WER over ``--tune-sets`` (candidates and scores computed once per utterance, every
+    rank its share); the grid's WERs go to exp_dir/decode/ctc-weight-grid-KEY.json."""
+    from speechadapt.models.llm_asr_rescore import rescoring_candidates, wer_by_setting
     from speechadapt.utils.io import atomic_write_text
 
     if not args.tune_sets:
@@ -112,6 +115,8 @@ def tune_ctc_weight(model, data, args, options: DecodeOptions, weights: str, dis
     bad = [w for w in args.ctc_weight_grid if not 0.0 <= w <= 1.0]
     if bad:
         raise ValueError(f"--ctc-weight-grid values must be in [0, 1], got {bad}")
+    # weight 0 is the LLM alone, where a bonus changes nothing
+    settings = [(w, b) for w in args.ctc_weight_grid for b in (args.length_bonus_grid if w > 0 else [0.0])]
     normalize = options.normalizer(model)
     table: Dict[str, List[float]] = {}
     for tune_set in args.tune_sets:
@@ -126,12 +131,13 @@ def tune_ctc_weight(model, data, args, options: DecodeOptions, weights: str, dis
         if sum(len(refs) for refs, _ in batches) != sum(1 for _ in cuts):
             raise RuntimeError(f"{tune_set}: candidates for {sum(len(r) for r, _ in batches)} of "
                                f"{sum(1 for _ in cuts)} cuts")
-        table[split_name(tune_set)] = wer_by_weight(batches, args.ctc_weight_grid, normalize)
+        table[split_name(tune_set)] = wer_by_setting(batches, settings, normalize)
     mean = [sum(col) / len(col) for col in zip(*table.values())]
     best = min(range(len(mean)), key=mean.__getitem__)
-    chosen = replace(options, ctc_weight=args.ctc_weight_grid[best])
-    report = {"ctc_weight_grid": args.ctc_weight_grid, "wer": table, "mean_wer": mean,
-              "chosen": chosen.ctc_weight, "num_beams": options.num_beams}
+    chosen = replace(options, ctc_weight=settings[best][0], length_bonus=settings[best][1])
+    report = {"ctc_weight_grid": args.ctc_weight_grid, "length_bonus_grid": args.length_bonus_grid,
+              "settings": settings, "wer": table, "mean_wer": mean, "chosen": chosen.ctc_weight,
+              "chosen_length_bonus": chosen.length_bonus, "num_beams": options.num_beams}
     logging.info(f"CTC weight grid on {args.tune_sets}: {report}")
     if dist_info.is_main:
         out = args.exp_dir / "decode" / f"ctc-weight-grid-{chosen.key(weights)}.json"

@@ -49,6 +49,9 @@ class DecodeOptions:
     ctc_weight: float = field(default=0.0, metadata={
         "help": "LLM-ASR on CTC-compressed encoders: > 0 rescores the beam's hypotheses and each encoder's CTC "
                 "greedy transcript by (1 - w) log P_LLM + w log P_CTC (joint CTC/LLM decoding); 0: the LLM alone"})
+    length_bonus: float = field(default=0.0, metadata={
+        "help": "with --ctc-weight > 0: added to a candidate's score per word (summed log-likelihoods favour "
+                "short transcripts)"})
     text_norm: str = field(default="default", metadata={
         "choices": TEXT_NORMS, "help": "how refs and hyps are normalised before scoring: default, whisper "
                                        "(Whisper's own, for the model's language), none (whitespace split)"})
@@ -56,6 +59,9 @@ class DecodeOptions:
     def __post_init__(self):
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"--ctc-weight must be in [0, 1], got {self.ctc_weight}")
+        if self.length_bonus and not self.ctc_weight:
+            raise ValueError(f"--length-bonus {self.length_bonus} acts in joint CTC/LLM rescoring only "
+                             f"(--ctc-weight > 0)")
 
     @property
     def num_beams(self) -> int:
@@ -65,7 +71,7 @@ class DecodeOptions:
         """icefall's file-name key: ``greedy-epoch-8-avg-3``, ``beam4-...``."""
         search = self.decoding_method if self.num_beams == 1 else f"beam{self.num_beams}"
         if self.ctc_weight > 0:
-            search += f"-ctc{self.ctc_weight:g}"
+            search += f"-ctc{self.ctc_weight:g}" + (f"-lb{self.length_bonus:g}" if self.length_bonus else "")
         norm = "" if self.text_norm == "default" else f"-norm-{self.text_norm}"
         return f"{search}-{weights_name}{norm}"
 

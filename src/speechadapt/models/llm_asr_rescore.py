@@ -5,12 +5,14 @@ is a second, independent opinion on the transcript. Per utterance the candidates
 LLM's beam (``--decoding-method beam``; greedy gives one) and each encoder's CTC greedy
 transcript; each candidate ``y`` is scored by
 
-    (1 - w) * log P_LLM(y | speech)  +  w * mean over encoders of log P_CTC(y | speech)
+    (1 - w) * log P_LLM(y | speech)  +  w * mean over encoders of log P_CTC(y | speech)  +  b * words(y)
 
 (both log-likelihoods summed over the whole transcript: the LLM's teacher-forced over its
-tokens and ``<|im_end|>``, the CTC's over all alignments of its BPE pieces) and the best
-is the transcript. ``w`` = ``--ctc-weight``, chosen on dev sets by ``bin/decode.py
---ctc-weight-grid`` (the dev WER of every weight from one pass). This is the hybrid CTC/attention
+tokens and ``<|im_end|>``, the CTC's over all alignments of its BPE pieces; sums favour
+short transcripts, which the per-word bonus ``b`` offsets) and the best is the transcript.
+``w`` = ``--ctc-weight`` and ``b`` = ``--length-bonus``, chosen on dev sets by
+``bin/decode.py --ctc-weight-grid --length-bonus-grid`` (the dev WER of every pair from one
+pass). This is the hybrid CTC/attention
 idea (Watanabe et al. 2017) applied to an N-best list rather than inside the search.
 """
 
@@ -37,14 +39,16 @@ class Candidates:
     def subset(self, keep: Sequence[int]) -> "Candidates":
         return Candidates(*([getattr(self, f)[i] for i in keep] for f in ("texts", "llm", "ctc")))
 
-    def pick(self, ctc_weight: float) -> List[str]:
-        """The best candidate of each utterance for a CTC weight in [0, 1]; weight 0 is the
-        LLM's own search result (the first candidate), what decoding without CTC gives."""
+    def pick(self, ctc_weight: float, length_bonus: float = 0.0) -> List[str]:
+        """The best candidate of each utterance for a CTC weight in [0, 1] and a bonus per
+        word; weight 0 is the LLM's own search result (the first candidate), what decoding
+        without CTC gives."""
         if ctc_weight <= 0:
             return [texts[0] for texts in self.texts]
         out = []
         for texts, llm, ctc in zip(self.texts, self.llm, self.ctc):
-            scores = [combined_score(a, b, ctc_weight) for a, b in zip(llm, ctc)]
+            scores = [combined_score(a, b, ctc_weight) + length_bonus * len(t.split())
+                      for t, a, b in zip(texts, llm, ctc)]
             out.append(texts[max(range(len(texts)), key=scores.__getitem__)])
         return out
 
@@ -111,7 +115,7 @@ def rescoring_candidates(model, batch, num_beams: int = 1, max_new_tokens: int =
 def ctc_rescored_transcripts(model, batch, options) -> List[str]:
     """``transcribe`` with ``options.ctc_weight`` > 0."""
     candidates = rescoring_candidates(model, batch, options.num_beams, options.max_new_tokens)
-    return candidates.pick(options.ctc_weight)
+    return candidates.pick(options.ctc_weight, options.length_bonus)
 
 
 @lru_cache(maxsize=8)
@@ -155,10 +159,11 @@ def _ctc_log_likelihoods(log_probs: torch.Tensor, lens: torch.Tensor, bpe, blank
     return -nll
 
 
-def wer_by_weight(batches: Sequence[Tuple[Sequence[str], Candidates]], weights: Sequence[float],
-                  normalize: Callable[[str], List[str]]) -> List[float]:
-    """WER (%) of each CTC weight over (references, candidates) of decoded batches."""
+def wer_by_setting(batches: Sequence[Tuple[Sequence[str], Candidates]], settings: Sequence[Tuple[float, float]],
+                   normalize: Callable[[str], List[str]]) -> List[float]:
+    """WER (%) of each (CTC weight, length bonus) over (references, candidates) of
+    decoded batches."""
     from speechadapt.decoding.scoring import compute_wer
 
     return [compute_wer((str(i), normalize(ref), normalize(hyp)) for refs, cands in batches
-                        for i, (ref, hyp) in enumerate(zip(refs, cands.pick(w)))) for w in weights]
+                        for i, (ref, hyp) in enumerate(zip(refs, cands.pick(w, b)))) for w, b in settings]
