@@ -110,9 +110,10 @@ fi
 
 # Every LLM-ASR run is decoded twice: greedy (the LLM alone), and METHOD+ctc, joint CTC/LLM
 # decoding (models/llm_asr_rescore.py): the LLM's 4 best and each encoder's CTC transcript
-# rescored by (1 - w) log P_LLM + w log P_CTC, w chosen on the dev sets from the grid.
-llm_rescore_flags="--decoding-method beam --beam-size 4 --ctc-weight-grid 0,0.1,0.2,0.3,0.4,0.5,0.6,0.8 \
-  --tune-sets source_dev,target_dev"
+# rescored by (1 - w) log P_LLM + w log P_CTC + b words, w and b chosen on the dev sets from
+# the grids (the bonus b: summed log-likelihoods favour short transcripts, and deletions led).
+llm_rescore_flags="--decoding-method beam --beam-size 4 --ctc-weight-grid 0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9 \
+  --length-bonus-grid 0,1,2,3,4 --tune-sets source_dev,target_dev"
 llm_decode() {  # llm_decode EXP_NAME METHOD [FLAGS]: both decodings of exp_root/EXP_NAME's averaged model
   local run
   for run in "--method $2" "--method $2+ctc $llm_rescore_flags"; do
