@@ -251,14 +251,15 @@ def train_linear_probe(x: Tensor, y: Tensor, num_classes: int, epochs: int = 500
     loss_fn = torch.nn.functional.cross_entropy
     with torch.enable_grad():
         if optimizer == "adamw":
-            opt = torch.optim.AdamW([dict(params=[weight]), dict(params=[bias], weight_decay=0.0)], lr=lr,
-                                    weight_decay=weight_decay)
+            from speechadapt.training.optim import FirstOrderOptimizer
+
+            opt = FirstOrderOptimizer(torch.optim.AdamW([dict(params=[weight]), dict(params=[bias], weight_decay=0.0)],
+                                                        lr=lr, weight_decay=weight_decay), [weight, bias])
             for _ in range(epochs):
-                opt.zero_grad(set_to_none=True)
-                loss = loss_fn(z @ weight.T + bias, y)
-                loss.backward()
-                opt.step()
+                opt.step(lambda grad_enabled: loss_fn(z @ weight.T + bias, y))
         else:
+            # L-BFGS re-evaluates the loss inside its line search, so it takes torch's
+            # closure (forward and backward) rather than the project's step(loss_fn).
             opt = torch.optim.LBFGS([weight, bias], lr=lr, max_iter=epochs, tolerance_grad=1e-9,
                                     tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
 
