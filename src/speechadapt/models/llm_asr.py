@@ -283,10 +283,14 @@ class LlmAsrModel(SpeechModelMixin, nn.Module):
         speech = [(frames.repeat(n, 1, 1), lens.repeat(n)) for frames, lens in self.encode(
             batch.inputs, batch.input_lens, cache)]
         targets = [list(hyps[i][j]) + [self.prompt.im_end_id] for i in range(n) for j in range(b)]
+        return self.target_log_likelihoods(speech, targets).reshape(n, b) / temperature
+
+    def target_log_likelihoods(self, speech, targets: List[List[int]]) -> torch.Tensor:
+        """Teacher-forced log-likelihood (N,) of each target id sequence after its row of
+        projected speech (``encode``'s output), summed over the target's tokens."""
         logits, labels = self._label_logits(self.build_prompts(speech, targets))
-        valid = labels != IGNORE_ID
         picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return (picked * valid).sum(1).reshape(n, b) / temperature
+        return (picked * (labels != IGNORE_ID)).sum(1)
 
     def compute_loss(self, batch, cache: Optional[dict] = None) -> Tuple[torch.Tensor, MetricsTracker]:
         """Summed token cross-entropy of a SpeechBatch; the tracker's "frames" are the

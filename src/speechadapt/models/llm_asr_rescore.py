@@ -133,16 +133,12 @@ def _unique_lower(texts: Sequence[str]) -> List[str]:
 
 
 def _llm_log_likelihoods(model, speech, owner: List[int], texts: List[str]) -> torch.Tensor:
-    from speechadapt.models.llm_asr_prompt import IGNORE_ID
-
     scores = []
     for start in range(0, len(texts), SCORE_CHUNK):
         index = torch.tensor(owner[start:start + SCORE_CHUNK], device=speech[0][0].device)
         chunk_speech = [(frames.index_select(0, index), lens.index_select(0, index)) for frames, lens in speech]
         targets = [model.prompt.target_ids(t) for t in texts[start:start + SCORE_CHUNK]]
-        logits, labels = model._label_logits(model.build_prompts(chunk_speech, targets))
-        picked = logits.log_softmax(-1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores.append((picked * (labels != IGNORE_ID)).sum(1).cpu())
+        scores.append(model.target_log_likelihoods(chunk_speech, targets).cpu())
     return torch.cat(scores)
 
 
