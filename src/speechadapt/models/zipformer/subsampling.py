@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from speechadapt.models.zipformer.scaling import (
     BiasNorm,
+    ChannelsLastConv2d,
     FloatLike,
     ScaleGrad,
     ScheduledFloat,
@@ -30,9 +31,9 @@ class ConvNeXt(nn.Module):
             ScheduledFloat((0.0, 0.2), (20000.0, 0.015)) if layerdrop_rate is None
             else layerdrop_rate
         )
-        self.depthwise_conv = nn.Conv2d(channels, channels, kernel_size, groups=channels,
-                                        padding=padding)
-        self.pointwise_conv1 = nn.Conv2d(channels, hidden, kernel_size=1)
+        self.depthwise_conv = ChannelsLastConv2d(channels, channels, kernel_size,
+                                                 groups=channels, padding=padding)
+        self.pointwise_conv1 = ChannelsLastConv2d(channels, hidden, kernel_size=1)
         self.activation = SwooshL()
         self.pointwise_conv2 = scaled_conv2d(hidden, channels, kernel_size=1,
                                              initial_scale=0.01)
@@ -53,14 +54,14 @@ def _conv_stack(layer1: int, layer2: int, layer3: int) -> nn.Sequential:
     # Indices match icefall's Sequential (balancers there are identity here), so the
     # convolutions are conv.0, conv.4 and conv.7 in the state_dict.
     return nn.Sequential(
-        nn.Conv2d(1, layer1, kernel_size=3, padding=(0, 1)),
+        ChannelsLastConv2d(1, layer1, kernel_size=3, padding=(0, 1)),
         ScaleGrad(0.2),
         nn.Identity(),
         SwooshR(),
-        nn.Conv2d(layer1, layer2, kernel_size=3, stride=2, padding=0),
+        ChannelsLastConv2d(layer1, layer2, kernel_size=3, stride=2, padding=0),
         nn.Identity(),
         SwooshR(),
-        nn.Conv2d(layer2, layer3, kernel_size=3, stride=(1, 2)),
+        ChannelsLastConv2d(layer2, layer3, kernel_size=3, stride=(1, 2)),
         nn.Identity(),
         SwooshR(),
     )
